@@ -1,0 +1,172 @@
+"""The messages on the wire, as pydantic schemas validated on the way in.
+
+All control messages are UTF-8 JSON objects. Package chunks are the one exception: raw bytes,
+described by the ``Deployment`` that announces them. Unknown keys are ignored on input, so a
+newer fleet can add a field without breaking older agents; a missing or mistyped field is an
+error naming the field. ``docs/protocol.md`` documents each message with an example.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgefleet.agent.errors import MessageError
+
+PROTOCOL = 1
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M] | TypeAdapter[M], payload: bytes, *, topic: str = "") -> M:
+    """Validate ``payload`` against a message schema; raise MessageError naming every bad field."""
+    adapter = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+    try:
+        return adapter.validate_json(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise MessageError(f"malformed message ({problems})", topic=topic) from None
+
+
+# --- fleet -> device ---------------------------------------------------------------------
+
+
+class PackageRef(_Message):
+    """Which package to fetch and how to check it, chunk by chunk and whole."""
+
+    id: str = Field(description="Package id from its manifest: name@version:profile.")
+    sha256: SHA256
+    size: int = Field(gt=0)
+    chunk_size: int = Field(gt=0)
+    chunk_sha256: list[SHA256] = Field(min_length=1)
+
+    def chunk_count(self) -> int:
+        return len(self.chunk_sha256)
+
+
+class Deployment(_Message):
+    """Install this package. Retained on a device's or group's deploy topic."""
+
+    kind: Literal["deployment"] = "deployment"
+    protocol: int = PROTOCOL
+    deployment_id: str = Field(min_length=1, max_length=128)
+    package: PackageRef
+    profile: str = Field(description="The profile the package was compiled for; other devices ignore it.")
+    issued_at: float = Field(default_factory=time.time)
+
+
+# --- device -> fleet ---------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    BENCHMARKING = "benchmarking"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class InstalledModel(_Message):
+    package_id: str
+    name: str
+    version: str
+    runtime: str
+    sha256: SHA256
+    installed_at: float
+
+
+class DeviceState(_Message):
+    """What a device is and what it runs. Retained; the broker's last will sets status offline."""
+
+    kind: Literal["state"] = "state"
+    protocol: int = PROTOCOL
+    device_id: str
+    status: Literal["online", "offline"]
+    profile: str = ""
+    simulated: bool = Field(
+        default=False,
+        description="A simulated device: latencies are its host's, power is the profile's estimate.",
+    )
+    groups: list[str] = Field(default_factory=list)
+    agent_version: str = ""
+    runtimes: dict[str, str] = Field(default_factory=dict, description="Runtime name -> version installed.")
+    model: InstalledModel | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+class DeploymentEvent(_Message):
+    """Progress of one deployment on one device; ``error`` says why a phase failed."""
+
+    kind: Literal["deployment_event"] = "deployment_event"
+    device_id: str
+    deployment_id: str
+    package_id: str
+    phase: Phase
+    error: str = ""
+    ts: float = Field(default_factory=time.time)
+
+
+class LatencyStats(_Message):
+    """Per-inference latency in milliseconds."""
+
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class PowerReading(_Message):
+    """Average board power during the benchmark and where the figure comes from."""
+
+    watts: float
+    idle_watts: float | None = None
+    source: str = Field(description="'estimate' (the profile's power model) or the sensor, e.g. 'hwmon:ina219'.")
+
+
+class BenchmarkReport(_Message):
+    """One benchmark of one installed package on one device."""
+
+    kind: Literal["benchmark"] = "benchmark"
+    device_id: str
+    profile: str
+    simulated: bool
+    package_id: str
+    model_name: str
+    model_version: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    warmup: int
+    runs: int
+    load_ms: float
+    first_inference_ms: float
+    latency_ms: LatencyStats
+    throughput_ips: float = Field(description="Inferences per second, sequential, batch as packaged.")
+    peak_rss_mb: float
+    cpu_percent: float = Field(description="Process CPU time over wall time during the timed runs (100 = one core).")
+    power: PowerReading
+    energy_mj: float = Field(description="Energy per inference, millijoules: power x mean latency.")
+    ts: float = Field(default_factory=time.time)
+
+
+Telemetry = Annotated[BenchmarkReport, Field(discriminator="kind")]
+TELEMETRY = TypeAdapter(Telemetry)

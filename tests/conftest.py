@@ -1,0 +1,95 @@
+"""Shared fixtures: a real Mosquitto broker, signing keys, and the repo's small trained models."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet.agent import keys
+from edgefleet.agent.transport import BrokerURL
+
+# The suite runs against the machine's Mosquitto (the README's test command installs and starts it).
+SHARED_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = BrokerURL.parse(SHARED_BROKER)
+    try:
+        wait_for_port(url.port, timeout=3)
+    except TimeoutError:
+        pytest.fail(f"Mosquitto is not running at {SHARED_BROKER}; start it with `mosquitto -d` (see README)")
+    return SHARED_BROKER
+
+
+class Mosquitto:
+    """A private Mosquitto on a free port, for tests that stop, restart or reconfigure the broker."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def device_id() -> str:
+    """A device id no other test uses, so tests can share one broker."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(private key path, public key path)."""
+    return keys.generate(tmp_path_factory.mktemp("keys") / "signing.key")
+
+
+@pytest.fixture(scope="session")
+def digits_mlp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The MLP trained on scikit-learn's digits, as ONNX, with calibration and validation data."""
+    from edgefleet.compiler import model_zoo
+
+    return model_zoo.digits_mlp(tmp_path_factory.mktemp("zoo"))
