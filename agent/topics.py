@@ -7,7 +7,9 @@ versions side by side during an upgrade.
     edgefleet/v1/devices/{device}/telemetry    device -> fleet  benchmark reports and system samples, QoS 1
     edgefleet/v1/devices/{device}/events       device -> fleet  deployment progress and refusals, QoS 1
     edgefleet/v1/devices/{device}/deploy       fleet -> device  retained: the deployment this device should run
-    edgefleet/v1/groups/{group}/deploy         fleet -> devices retained: the same, for every member of a group
+    edgefleet/v1/groups/{group}/{profile}/deploy
+                                               fleet -> devices retained: the same, for the members of a group
+                                                                with that profile (packages are per profile)
     edgefleet/v1/packages/{sha256}/chunks/{i}  fleet -> device  retained: chunk i of a package, raw bytes
 
 Deployments and package chunks are retained so that the broker itself holds what a device needs:
@@ -50,8 +52,8 @@ def device_deploy(device: str) -> str:
     return f"{ROOT}/devices/{device}/deploy"
 
 
-def group_deploy(group: str) -> str:
-    return f"{ROOT}/groups/{group}/deploy"
+def group_deploy(group: str, profile: str) -> str:
+    return f"{ROOT}/groups/{group}/{profile}/deploy"
 
 
 def package_chunks(sha256: str) -> str:

@@ -93,3 +93,54 @@ def digits_mlp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     from edgefleet.compiler import model_zoo
 
     return model_zoo.digits_mlp(tmp_path_factory.mktemp("zoo"))
+
+
+def tiny_onnx(scale: float = 1.0) -> bytes:
+    """y = x @ W * scale + b: a four-input linear model whose outputs change with ``scale``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((4, 3)) * scale).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.arange(3, dtype=np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_package(path: Path, key_path: Path, *, profile: str = "raspberry-pi-4", version: str = "1",
+                 scale: float = 1.0, model_bytes: bytes | None = None, expected_shift: float = 0.0) -> Path:
+    """Write a signed package of ``tiny_onnx(scale)`` with test vectors computed by onnxruntime.
+
+    ``expected_shift`` corrupts the expected outputs, to make a package that fails its test vectors.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgefleet.agent.package import Manifest, Target, TensorSpec, TestVectors, pack_test_vectors, write_package
+
+    model = model_bytes if model_bytes is not None else tiny_onnx(scale)
+    feeds = [{"x": np.full((1, 4), i, dtype=np.float32)} for i in range(3)]
+    if model_bytes is None:
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        outputs = [[o + expected_shift for o in session.run(None, f)] for f in feeds]
+    else:
+        outputs = [[np.zeros((1, 3), np.float32)] for _ in feeds]
+    manifest = Manifest(
+        name="tiny", version=version, target=Target(profile=profile, runtime="onnxruntime"), model_file="model.onnx",
+        inputs=[TensorSpec(name="x", shape=[1, 4], dtype="float32")],
+        outputs=[TensorSpec(name="y", shape=[1, 3], dtype="float32")],
+        compression={"scheme": "fp32"}, test_vectors=TestVectors(file="test_vectors.npz", count=3, rtol=1e-4, atol=1e-5),
+    )
+    files = {"model.onnx": model, "test_vectors.npz": pack_test_vectors(feeds, outputs)}
+    write_package(path, manifest, files, keys.load_private(key_path))
+    return path

@@ -1,0 +1,352 @@
+"""The device agent: receive deployments over MQTT, install them safely, benchmark, report.
+
+One ``Agent`` object per process, configured entirely through its constructor. paho-mqtt's
+network thread receives messages and reconnects with exponential backoff; deployments are
+queued and handled one at a time on the thread that called ``run``, so two deployments never
+race for the ``current`` model. Bad input (a malformed message, a package with a bad signature
+or hash, a model that fails its test vectors) is refused and reported; the agent keeps running
+and keeps serving the model it had.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from edgefleet.agent import runtimes, topics
+from edgefleet.agent.benchmark import BenchmarkSettings, measure
+from edgefleet.agent.errors import (
+    BenchmarkError,
+    IntegrityError,
+    MessageError,
+    PackageError,
+    RuntimeLoadError,
+    TransportError,
+)
+from edgefleet.agent.install import InstalledPackage, ModelStore
+from edgefleet.agent.keys import TrustStore
+from edgefleet.agent.messages import (
+    BenchmarkReport,
+    Deployment,
+    DeploymentEvent,
+    DeviceState,
+    InstalledModel,
+    PackageRef,
+    Phase,
+    parse,
+)
+from edgefleet.agent.package import file_sha256, load_test_vectors, verify_package
+from edgefleet.agent.power import find_power_source
+from edgefleet.agent.runtimes import LoadedModel
+from edgefleet.agent.transfer import ChunkedDownload
+from edgefleet.agent.transport import BrokerURL, make_client
+from edgefleet.hardware_profiles import HardwareProfile
+
+_MAX_REMEMBERED_DEPLOYMENTS = 256
+
+
+@dataclass
+class _History:
+    """Deployments this device has finished (so retained ones replay as no-ops) and the newest applied."""
+
+    done: list[str]
+    issued_at: float
+
+
+def agent_version() -> str:
+    try:
+        return version("edgefleet")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        broker: BrokerURL,
+        device_id: str,
+        profile: HardwareProfile,
+        data_dir: Path,
+        trust: TrustStore,
+        groups: Sequence[str] = (),
+        simulated: bool = False,
+        benchmark: BenchmarkSettings | None = None,
+        sysfs: Path = Path("/sys"),
+        stall_timeout: float = 120.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.device_id = topics.check_id(device_id)
+        self.groups = [topics.check_id(g, "group") for g in groups]
+        if len(trust) == 0:
+            raise ValueError("the agent trusts no signing key, so it would refuse every package; pass --trust KEY.pub")
+        if stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+        self.broker = broker
+        self.profile = profile
+        self.trust = trust
+        self.simulated = simulated
+        self.settings = benchmark or BenchmarkSettings()
+        self.stall_timeout = stall_timeout
+        self.log = logger or logging.getLogger(f"edgefleet.agent.{device_id}")
+        self.data_dir = Path(data_dir)
+        self.store = ModelStore(self.data_dir)
+        self.power = find_power_source(profile, sysfs=sysfs, simulated=simulated)
+        self._state_path = self.data_dir / "agent-state.json"
+        self._deployments: queue.Queue[Deployment] = queue.Queue()
+        self._download: ChunkedDownload | None = None
+        self._chunk_arrived = threading.Event()
+        self._stop = threading.Event()
+        self._model: LoadedModel | None = None
+        self._client = make_client(broker, client_id=f"edgefleet-agent-{device_id}")
+        self._client.will_set(topics.state(device_id), self._state("offline").to_bytes(), qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until ``stop()`` is called; returns after announcing the device offline."""
+        self.store.clean_up()
+        self.log.info("agent %s (%s%s) connecting to %s", self.device_id, self.profile.name,
+                      ", simulated" if self.simulated else "", self.broker)
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._client.loop_start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    deployment = self._deployments.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._handle(deployment)
+        finally:
+            info = self._client.publish(topics.state(self.device_id), self._state("offline").to_bytes(), qos=1, retain=True)
+            if self._client.is_connected():
+                info.wait_for_publish(timeout=5)
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- MQTT callbacks (paho's network thread) -----------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self.log.error("broker %s refused the connection: %s", self.broker, reason)
+            return
+        self.log.info("connected to %s", self.broker)
+        client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
+        subscriptions = [(topics.device_deploy(self.device_id), 1)]
+        subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
+        if self._download is not None:  # resume a transfer the disconnect interrupted
+            subscriptions.append((topics.package_chunks(self._download.ref.sha256), 1))
+        client.subscribe(subscriptions)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self.log.warning("cannot reach the broker at %s; retrying with backoff (up to 60 s between tries)", self.broker)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if not self._stop.is_set():
+            self.log.warning("disconnected from %s (%s); reconnecting", self.broker, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return  # a retained message being cleared
+        try:
+            if "/packages/" in msg.topic:
+                self._on_chunk(msg.topic, msg.payload)
+            elif msg.topic.endswith("/deploy"):
+                self._deployments.put(parse(Deployment, msg.payload, topic=msg.topic))
+            else:
+                self.log.warning("ignoring a message on unexpected topic %s", msg.topic)
+        except (MessageError, IntegrityError, ValueError) as exc:
+            self.log.warning("ignored: %s", exc)
+
+    def _on_chunk(self, topic: str, payload: bytes) -> None:
+        download = self._download
+        if download is None or f"/{download.ref.sha256}/" not in topic:
+            return
+        if download.accept(topics.chunk_index(topic), payload):
+            self._chunk_arrived.set()
+
+    # --- deployments (the run thread) ----------------------------------------------------
+
+    def _handle(self, deployment: Deployment) -> None:
+        if deployment.profile != self.profile.name:
+            self.log.info("deployment %s is for profile %s, not %s: ignored",
+                          deployment.deployment_id, deployment.profile, self.profile.name)
+            return
+        history = self._load_history()
+        if deployment.deployment_id in history.done:
+            return
+        if deployment.issued_at < history.issued_at:
+            self.log.info("deployment %s is older than the last one applied: ignored", deployment.deployment_id)
+            return
+        ref = deployment.package
+        current = self._current()
+        try:
+            if current is not None and current.sha256 == ref.sha256:
+                self.log.info("package %s is already installed", ref.id)
+            else:
+                self._install(deployment, current)
+            self._event(deployment, Phase.BENCHMARKING)
+            self._benchmark()
+            self._event(deployment, Phase.DONE)
+        except (PackageError, RuntimeLoadError, BenchmarkError, TransportError) as exc:
+            self.log.error("deployment %s of %s failed: %s", deployment.deployment_id, ref.id, exc)
+            self._event(deployment, Phase.FAILED, error=str(exc))
+        finally:
+            self._remember(deployment)
+            self._publish_state()
+
+    def _install(self, deployment: Deployment, previous: InstalledPackage | None) -> None:
+        ref = deployment.package
+        self._event(deployment, Phase.DOWNLOADING)
+        package_path = self._fetch(ref)
+        try:
+            self._event(deployment, Phase.VERIFYING)
+            manifest = verify_package(package_path, self.trust)
+            if manifest.target.profile != self.profile.name:
+                raise PackageError(f"package {manifest.package_id} was compiled for {manifest.target.profile}, "
+                                   f"this device is {self.profile.name}")
+            self._event(deployment, Phase.INSTALLING)
+            staged = self.store.stage(package_path, manifest, ref.sha256)
+        finally:
+            package_path.unlink(missing_ok=True)
+        try:
+            model = runtimes.load(staged.model_path, manifest.target.runtime, threads=self.settings.threads)
+            self._check_test_vectors(staged, model)
+        except (RuntimeLoadError, PackageError):
+            self.store.discard(staged)
+            raise
+        self.store.activate(staged)
+        self._model = model
+        self.log.info("installed %s (was %s)", manifest.package_id, previous.manifest.package_id if previous else "nothing")
+
+    def _fetch(self, ref: PackageRef) -> Path:
+        download = ChunkedDownload(self.data_dir / "downloads", ref)
+        if not download.complete:
+            self._download = download
+            self._chunk_arrived.clear()
+            topic = topics.package_chunks(ref.sha256)
+            self._client.subscribe(topic, qos=1)
+            try:
+                while not download.complete:
+                    if self._stop.is_set():
+                        raise TransportError("the agent is stopping; the download resumes at the next start")
+                    if not self._chunk_arrived.wait(self.stall_timeout):
+                        raise TransportError(
+                            f"no chunk of package {ref.id} arrived for {self.stall_timeout:.0f} s "
+                            f"({download.progress:.0%} received); push it again with `edgefleet push`")
+                    self._chunk_arrived.clear()
+            finally:
+                self._client.unsubscribe(topic)
+                self._download = None
+        return download.finish()
+
+    def _check_test_vectors(self, installed: InstalledPackage, model: LoadedModel) -> None:
+        spec = installed.manifest.test_vectors
+        if spec is None:
+            return
+        inputs, expected = load_test_vectors((installed.directory / spec.file).read_bytes())
+        for i, (feed, want) in enumerate(zip(inputs, expected, strict=True)):
+            try:
+                got = model.run(feed)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise RuntimeLoadError(f"the model fails on test vector {i}: {exc}") from None
+            for k, (g, w) in enumerate(zip(got, want, strict=True)):
+                if g.shape != w.shape or not np.allclose(g, w, rtol=spec.rtol, atol=spec.atol):
+                    err = float(np.max(np.abs(g.astype(np.float64) - w))) if g.shape == w.shape else float("inf")
+                    raise PackageError(f"test vector {i}, output {k}: max error {err:.3g} exceeds "
+                                       f"rtol={spec.rtol} atol={spec.atol}; the model does not run correctly here")
+
+    def _benchmark(self) -> None:
+        installed = self._current()
+        if installed is None:
+            raise BenchmarkError("no model is installed")
+        manifest = installed.manifest
+        feeds = self._benchmark_inputs(installed)
+        t0 = time.perf_counter()
+        model = runtimes.load(installed.model_path, manifest.target.runtime, threads=self.settings.threads)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        self._model = model
+        m = measure(model, feeds, self.settings, self.power, self.profile.cpu.cores)
+        report = BenchmarkReport(
+            device_id=self.device_id, profile=self.profile.name, simulated=self.simulated,
+            package_id=manifest.package_id, model_name=manifest.name, model_version=manifest.version,
+            runtime=model.runtime, runtime_version=model.version, threads=model.threads,
+            warmup=self.settings.warmup, runs=m.runs, load_ms=load_ms, first_inference_ms=m.first_inference_ms,
+            latency_ms=m.latency, throughput_ips=m.throughput_ips, peak_rss_mb=m.peak_rss_mb,
+            cpu_percent=m.cpu_percent, power=m.power, energy_mj=m.energy_mj,
+        )
+        self._client.publish(topics.telemetry(self.device_id), report.to_bytes(), qos=1)
+        self.log.info("benchmark of %s: p50 %.3f ms, p99 %.3f ms, %.0f inf/s, %.2f W (%s)", manifest.package_id,
+                      m.latency.p50, m.latency.p99, m.throughput_ips, m.power.watts, m.power.source)
+
+    def _benchmark_inputs(self, installed: InstalledPackage) -> dict[str, np.ndarray]:
+        spec = installed.manifest.test_vectors
+        if spec is not None:
+            inputs, _ = load_test_vectors((installed.directory / spec.file).read_bytes())
+            return inputs[0]
+        rng = np.random.default_rng(0)
+        return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in installed.manifest.inputs}
+
+    # --- state ---------------------------------------------------------------------------
+
+    def _current(self) -> InstalledPackage | None:
+        try:
+            return self.store.current()
+        except PackageError as exc:
+            self.log.error("the installed model is unreadable: %s", exc)
+            return None
+
+    def _state(self, status: str) -> DeviceState:
+        current = self._current()
+        model = None
+        if current is not None:
+            m = current.manifest
+            model = InstalledModel(package_id=m.package_id, name=m.name, version=m.version, runtime=m.target.runtime,
+                                   sha256=current.sha256, installed_at=current.directory.stat().st_mtime)
+        return DeviceState(device_id=self.device_id, status=status, profile=self.profile.name,  # type: ignore[arg-type]
+                           simulated=self.simulated, groups=self.groups, agent_version=agent_version(),
+                           runtimes=runtimes.available(), model=model)
+
+    def _publish_state(self) -> None:
+        self._client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
+
+    def _event(self, deployment: Deployment, phase: Phase, error: str = "") -> None:
+        event = DeploymentEvent(device_id=self.device_id, deployment_id=deployment.deployment_id,
+                                package_id=deployment.package.id, phase=phase, error=error)
+        self._client.publish(topics.events(self.device_id), event.to_bytes(), qos=1)
+
+    def _load_history(self) -> _History:
+        try:
+            raw = json.loads(self._state_path.read_text())
+            return _History(done=[str(d) for d in raw["done"]], issued_at=float(raw["issued_at"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return _History(done=[], issued_at=0.0)
+
+    def _remember(self, deployment: Deployment) -> None:
+        """Record a finished deployment so that its retained message does nothing next time."""
+        history = self._load_history()
+        history.done = (history.done + [deployment.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
+        history.issued_at = max(history.issued_at, deployment.issued_at)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(history)))
+        os.replace(tmp, self._state_path)
+
