@@ -74,9 +74,17 @@ class Accelerator(_Strict):
 
 
 class Memory(_Strict):
-    ram: ByteSize = Field(description="Memory a model and its runtime can use (SRAM on a microcontroller).")
+    ram: ByteSize = Field(
+        description="Installed memory (on-chip SRAM on a microcontroller). The OS or firmware takes its share: "
+        "a planner should keep headroom rather than fill it."
+    )
     storage: ByteSize | None = Field(default=None, description="Disk or eMMC/SD for model files (Linux devices).")
     flash: ByteSize | None = Field(default=None, description="On-chip plus board flash for the model (microcontrollers).")
+    # Boards such as the ESP32-S3-DevKitC-1 N8R8 add megabytes of external PSRAM next to a few hundred KiB
+    # of SRAM. A tensor arena can live there, several times slower, so it is kept apart from `ram`.
+    psram: ByteSize | None = Field(
+        default=None, description="External PSRAM on a microcontroller board: large, slower than SRAM."
+    )
     bandwidth_gbps: float = Field(gt=0, description="Sustained memory bandwidth, GB/s.")
 
     @model_validator(mode="after")
@@ -87,7 +95,11 @@ class Memory(_Strict):
 
 
 class Throughput(_Strict):
-    """Sustained figures a roofline-style cost model needs, for the CPU (all cores)."""
+    """Sustained figures a roofline-style cost model needs, for the CPU cores an inference can use.
+
+    That is every core for onnxruntime and LiteRT, but one core on a microcontroller: TFLite Micro is
+    single-threaded, so a dual-core ESP32-S3 gets the figure of one core.
+    """
 
     fp32_gflops: float = Field(gt=0)
     int8_gops: float = Field(gt=0)
@@ -95,7 +107,12 @@ class Throughput(_Strict):
 
 
 class PowerModel(_Strict):
-    """Board power: at idle, and with the CPU fully busy. Linear in between is the estimate."""
+    """Power at idle and with the CPU fully busy, in watts. Linear in between is the estimate.
+
+    Linux boards and phones: the whole board or handset, measured at its supply. Microcontrollers: the
+    MCU itself (as MLPerf Tiny measures it), idle being the low-power mode it waits in between
+    inferences; a dev board's debug probe, LEDs and sensors are not counted.
+    """
 
     idle_w: float = Field(ge=0)
     active_w: float = Field(gt=0)
@@ -113,7 +130,8 @@ class PowerModel(_Strict):
 
 
 class HardwareProfile(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Slug used on the command line.")
+    # Underscores are allowed for names that carry an architecture, such as "generic-linux-x86_64".
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Slug used on the command line and file name.")
     display_name: str
     kind: DeviceKind
     description: str = ""
