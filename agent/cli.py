@@ -63,6 +63,8 @@ def agent(broker: str, device_id: str, profile_name: str, data_dir: Path, truste
                        groups=groups, simulated=simulate, benchmark=settings)
     except (ProfileError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    # A daemon logs its progress by default; basicConfig does nothing if `edgefleet -v` configured logging.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("edgefleet").setLevel(min(logging.getLogger().level, logging.INFO))
 
     def _stop(signum: int, frame: FrameType | None) -> None:

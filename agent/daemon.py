@@ -187,10 +187,6 @@ class Agent:
     # --- deployments (the run thread) ----------------------------------------------------
 
     def _handle(self, deployment: Deployment) -> None:
-        if deployment.profile != self.profile.name:
-            self.log.info("deployment %s is for profile %s, not %s: ignored",
-                          deployment.deployment_id, deployment.profile, self.profile.name)
-            return
         history = self._load_history()
         if deployment.deployment_id in history.done:
             return
@@ -200,6 +196,9 @@ class Agent:
         ref = deployment.package
         current = self._current()
         try:
+            if deployment.profile != self.profile.name:
+                raise PackageError(f"package {ref.id} was compiled for {deployment.profile}, "
+                                   f"this device is {self.profile.name}: push the package built for its profile")
             if current is not None and current.sha256 == ref.sha256:
                 self.log.info("package %s is already installed", ref.id)
             else:
@@ -223,7 +222,7 @@ class Agent:
             manifest = verify_package(package_path, self.trust)
             if manifest.target.profile != self.profile.name:
                 raise PackageError(f"package {manifest.package_id} was compiled for {manifest.target.profile}, "
-                                   f"this device is {self.profile.name}")
+                                   f"this device is {self.profile.name}: push the package built for its profile")
             self._event(deployment, Phase.INSTALLING)
             staged = self.store.stage(package_path, manifest, ref.sha256)
         finally:

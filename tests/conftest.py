@@ -37,13 +37,18 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> str:
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Mosquitto at 127.0.0.1:1883, or a private one if none is running there."""
     url = BrokerURL.parse(SHARED_BROKER)
     try:
-        wait_for_port(url.port, timeout=3)
+        wait_for_port(url.port, timeout=1)
     except TimeoutError:
-        pytest.fail(f"Mosquitto is not running at {SHARED_BROKER}; start it with `mosquitto -d` (see README)")
-    return SHARED_BROKER
+        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+        broker.start()
+        yield broker.url
+        broker.stop()
+        return
+    yield SHARED_BROKER
 
 
 class Mosquitto:
@@ -144,3 +149,84 @@ def make_package(path: Path, key_path: Path, *, profile: str = "raspberry-pi-4",
     files = {"model.onnx": model, "test_vectors.npz": pack_test_vectors(feeds, outputs)}
     write_package(path, manifest, files, keys.load_private(key_path))
     return path
+
+
+class Watcher:
+    """Collects every message on some topics, for tests to wait on."""
+
+    def __init__(self, broker: str, *subscriptions: str) -> None:
+        import threading
+
+        from edgefleet.agent.transport import make_client
+
+        self.messages: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self._client = make_client(BrokerURL.parse(broker))
+        self._client.on_message = self._on_message
+        self._client.on_connect = lambda c, *_: c.subscribe([(s, 1) for s in subscriptions])
+        url = BrokerURL.parse(broker)
+        self._client.connect(url.host, url.port)
+        self._client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+        """The first decoded JSON message (topic, dict) for which ``predicate`` holds."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for topic, payload in self.messages[seen:]:
+                    try:
+                        body = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if predicate(topic, body):
+                        return topic, body
+                seen = len(self.messages)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no matching message in {timeout}s; saw {[t for t, _ in self.messages]}")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class AgentProcess:
+    """A real `edgefleet agent` process, its log in a file."""
+
+    def __init__(self, broker: str, device_id: str, data_dir: Path, trust: Path, *, profile: str = "raspberry-pi-4",
+                 extra: tuple[str, ...] = ()) -> None:
+        import sys
+
+        self.log_path = data_dir.parent / f"{device_id}.log"
+        self.argv = [str(Path(sys.executable).parent / "edgefleet"), "-v", "agent", "--broker", broker,
+                     "--device-id", device_id, "--profile", profile, "--data-dir", str(data_dir),
+                     "--trust", str(trust), "--simulate", "--warmup", "2", "--runs", "20", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
