@@ -1,0 +1,107 @@
+"""Command-line options shared by the fleet commands, as reusable click decorators.
+
+Every command that talks to devices takes the same ``--broker``, every command that reads the
+telemetry store the same ``--db``, and every command with machine-readable output the same
+``--json``; defining each once keeps their names, defaults and help identical. This is the only
+place that reads the environment (``EDGEFLEET_BROKER``, ``EDGEFLEET_HOME``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BROKER_ENV = "EDGEFLEET_BROKER"
+HOME_ENV = "EDGEFLEET_HOME"
+
+
+def edgefleet_home() -> Path:
+    """Where the fleet side keeps its state: ``$EDGEFLEET_HOME``, else ``~/.edgefleet``."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".edgefleet")
+
+
+def default_db_path() -> Path:
+    return edgefleet_home() / "fleet.db"
+
+
+def _parse_broker(ctx: click.Context, param: click.Parameter, value: str) -> BrokerURL:
+    try:
+        return BrokerURL.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def broker_option(fn: F) -> F:
+    """``--broker URL`` -> a ``BrokerURL`` argument named ``broker``."""
+    return click.option(
+        "--broker",
+        default=DEFAULT_BROKER,
+        show_default=True,
+        envvar=BROKER_ENV,
+        show_envvar=True,
+        metavar="URL",
+        callback=_parse_broker,
+        help="MQTT broker: mqtt://HOST:PORT, or mqtts://USER:PASS@HOST:8883 for TLS.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    """``--json`` -> a bool argument named ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def db_option(fn: F) -> F:
+    """``--db PATH`` -> a ``Path`` argument named ``db``; defaults to ``$EDGEFLEET_HOME/fleet.db``."""
+    return click.option(
+        "--db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="PATH",
+        callback=lambda ctx, param, value: value or default_db_path(),
+        help=f"Telemetry database (SQLite). Default: ${HOME_ENV}/fleet.db, ${HOME_ENV} defaulting to ~/.edgefleet.",
+    )(fn)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.5; we support 8.1
+    """A size such as ``65536``, ``256KiB`` or ``1MiB``, within [minimum, maximum] bytes."""
+
+    name = "size"
+
+    def __init__(self, minimum: int = 1, maximum: int | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            size = value
+        else:
+            m = _SIZE.match(str(value))
+            unit = m.group(2).lower() if m else ""
+            if not m or unit not in _UNITS:
+                self.fail(f"{value!r} is not a size: write bytes, or a number with KiB, MiB, kB or MB", param, ctx)
+            size = int(float(m.group(1)) * _UNITS[unit])
+        if size < self.minimum or (self.maximum is not None and size > self.maximum):
+            upper = f" and {format_bytes(self.maximum)}" if self.maximum is not None else ""
+            self.fail(f"{value} is out of range: use between {format_bytes(self.minimum)}{upper}", param, ctx)
+        return size
+
+
+def format_bytes(n: float) -> str:
+    """``262144`` -> ``256 KiB``; one decimal when it is not a whole number of units."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    value, unit = (n / 1024, "KiB") if n < 1024**2 else (n / 1024**2, "MiB")
+    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
