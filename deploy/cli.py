@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -35,18 +37,28 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, _, attr = target.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("edgefleet"):
-                raise
-            # A third-party dependency of this command is not installed (a device with agent extras only).
-            raise click.ClickException(
-                f"`edgefleet {cmd_name}` needs the Python package {exc.name!r}, which is not installed; "
-                "install it with: pip install 'edgefleet[all]'"
-            ) from None
-        command: click.Command = getattr(mod, attr)
+        with _missing_dependency_is_a_usage_error(cmd_name):
+            command: click.Command = getattr(importlib.import_module(module), attr)
         return command
+
+    def invoke(self, ctx: click.Context) -> object:
+        # Commands import their heavy dependencies when they run, not when they load.
+        with _missing_dependency_is_a_usage_error(ctx.invoked_subcommand or "edgefleet"):
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _missing_dependency_is_a_usage_error(cmd_name: str) -> Iterator[None]:
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.startswith("edgefleet"):
+            raise
+        # A third-party package of this command is not installed (a device with the agent extras only).
+        raise click.ClickException(
+            f"`edgefleet {cmd_name}` needs the Python package {exc.name!r}, which is not installed here; "
+            "install it with: pip install 'edgefleet[all]'"
+        ) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

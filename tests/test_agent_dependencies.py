@@ -36,7 +36,7 @@ def test_a_host_command_without_its_packages_says_what_to_install() -> None:
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Block())
         from edgefleet.deploy.cli import main
-        main(["compile", "--help"])
+        main(["compile", "model.onnx", "--profile", "raspberry-pi-4"])
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1

@@ -1,0 +1,142 @@
+"""``edgefleet compile`` and ``edgefleet keys``: thin commands over ``compile_model`` and ``agent.keys``.
+
+The commands parse options, read the environment (``EDGEFLEET_HOME`` for the default signing
+key), call the library, print its result as a table or JSON, and turn the library's errors into
+user-facing messages. Nothing here decides anything about compression.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+
+from edgefleet.compiler.errors import CompileError
+from edgefleet.compiler.planner import DEFAULT_BUDGET, Budget
+from edgefleet.compiler.report import render
+from edgefleet.compiler.signing import default_key_path, ensure_key
+
+log = logging.getLogger(__name__)
+
+@click.command(name="compile")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--profile", "profiles", multiple=True, required=True, metavar="NAME",
+              help="Hardware profile to compile for, by name or YAML path (repeatable; `edgefleet profiles` lists them).")
+@click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
+              help="Real input samples (.npz keyed by input name, or .npy) for static int8; a quarter is held out "
+                   "to measure fidelity. Without it, static int8 is skipped and fidelity is measured on random inputs.")
+@click.option("--eval", "evaluation", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
+              help="Held-out samples to measure fidelity on (same format; a 'labels' array adds accuracy). "
+                   "Default: the part held out of --calibration.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="Directory for the packages, written as <name>-<profile>.efpkg.")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Ed25519 private key to sign with. Default: $EDGEFLEET_HOME/keys/signing.key "
+                   "(~/.edgefleet/keys/signing.key), created on first use.")
+@click.option("--name", default=None, help="Package name (default: the model file's name without .onnx).")
+@click.option("--version", "version", default="1", show_default=True, help="Package version string.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=100 * DEFAULT_BUDGET.min_agreement,
+              show_default=True, help="Fidelity budget for classifiers: minimum top-1 agreement with the original, in percent.")
+@click.option("--min-sqnr", type=float, default=DEFAULT_BUDGET.min_sqnr_db, show_default=True,
+              help="Fidelity budget for other models: minimum SQNR against the original, in dB.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
+def compile_command(
+    model: Path,
+    profiles: tuple[str, ...],
+    calibration: Path | None,
+    evaluation: Path | None,
+    out_dir: Path,
+    key_path: Path | None,
+    name: str | None,
+    version: str,
+    min_agreement: float,
+    min_sqnr: float,
+    as_json: bool,
+) -> None:
+    """Compress an ONNX model for hardware profiles and write one signed package per profile.
+
+    \b
+    Candidates, each measured against the original on held-out samples:
+      fp32           the model as it is
+      int8-static    weights and activations int8, calibrated on --calibration data (QDQ)
+      int8-dynamic   int8 weights, activations quantized at run time (no data needed)
+    Per profile, the chosen candidate meets the fidelity budget (top-1 agreement >= 99% for
+    classifiers, else SQNR >= 30 dB) and the profile's storage and RAM; formats the profile runs
+    fast come first, then static over dynamic quantization, then the smaller model. The table
+    says why (docs/compiler.md has the details).
+
+    \b
+    Examples:
+      edgefleet compile model.onnx --profile raspberry-pi-4 --calibration samples.npz -o out/
+      edgefleet compile model.onnx --profile raspberry-pi-4 --profile raspberry-pi-5 --json
+    """
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.hardware_profiles import ProfileError
+
+    key = _signing_key(key_path)
+    budget = Budget(min_agreement=min_agreement / 100, min_sqnr_db=min_sqnr)
+    progress = not as_json and sys.stderr.isatty()
+    try:
+        results = compile_model(
+            model, list(profiles), out_dir=out_dir, key_path=key, calibration=calibration, evaluation=evaluation,
+            name=name, version=version, budget=budget, progress=progress,
+        )
+    except (CompileError, ProfileError) as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": str(exc), "type": type(exc).__name__}, indent=2))
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"ok": True, "model": str(model), "packages": [r.to_dict() for r in results]}, indent=2))
+        return
+    for i, r in enumerate(results):
+        if i:
+            click.echo()
+        click.echo(render(r.plan, reference_size=r.reference_size_bytes))
+        for note in r.notes:
+            click.echo(textwrap.fill(note, width=100, initial_indent="  note: ", subsequent_indent="        "))
+        click.echo(f"  wrote {r.package_path} ({r.choice}, signed by key {r.manifest.signer})")
+
+
+def _signing_key(key_path: Path | None) -> Path:
+    """The key to sign with; the default one is created on first use, and we say so loudly."""
+    path = key_path if key_path is not None else default_key_path(os.environ)
+    try:
+        key = ensure_key(path, create=key_path is None)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if key.created:
+        log.warning(
+            "created a signing key at %s (key id %s); devices accept its packages only if they trust %s: "
+            "copy it to each device and start the agent with --trust %s",
+            key.path, key.key_id, key.public_path, key.public_path.name,
+        )
+    return key.path
+
+
+@click.group()
+def keys() -> None:
+    """Make and inspect the Ed25519 keys that sign packages (devices install only what a trusted key signed)."""
+
+
+@keys.command("generate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def keys_generate(path: Path) -> None:
+    """Write a new private key to PATH (mode 0600) and its public key to PATH with a .pub suffix.
+
+    Keep PATH secret; copy the .pub to every device and start its agent with --trust FILE.pub.
+    """
+    from edgefleet.agent import keys as agent_keys
+
+    try:
+        private, public = agent_keys.generate(path)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    key_id = agent_keys.key_id(agent_keys.load_private(private).public_key())
+    click.echo(f"key id {key_id}")
+    click.echo(f"  private: {private} (keep it secret; sign with `edgefleet compile --key {private}`)")
+    click.echo(f"  public:  {public} (give it to agents: `edgefleet agent --trust {public}`)")

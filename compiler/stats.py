@@ -1,0 +1,125 @@
+"""Static measurements of an ONNX model: parameters, size on disk, and a rough activation-memory peak.
+
+Parameters are counted so that a quantized model and its float original give the same number:
+quantization metadata (scales and zero points) is not a parameter. An initializer counts as
+metadata when every use of it is a scale or zero-point slot of a (de)quantizing operator, or a
+multiplication with a dynamically computed scale (how onnxruntime's dynamic quantization rescales
+``MatMulInteger`` results).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+log = logging.getLogger(__name__)
+
+# op type -> input slots that hold scales or zero points.
+_QUANT_SLOTS: dict[str, frozenset[int]] = {
+    "QuantizeLinear": frozenset({1, 2}),
+    "DequantizeLinear": frozenset({1, 2}),
+    "MatMulInteger": frozenset({2, 3}),
+    "ConvInteger": frozenset({2, 3}),
+    "QLinearMatMul": frozenset({1, 2, 4, 5, 6, 7}),
+    "QLinearConv": frozenset({1, 2, 4, 5, 6, 7}),
+}
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    params: int
+    nonzero_params: int
+    size_bytes: int
+    activation_bytes: int
+    """Peak bytes of one node's non-constant inputs plus outputs: what must be live at once, at least."""
+
+    @property
+    def ram_bytes(self) -> int:
+        """Rough RAM need on a device: the weights plus the largest activations (runtime overhead not counted)."""
+        return self.size_bytes + self.activation_bytes
+
+
+def measure(model: onnx.ModelProto) -> ModelStats:
+    params, nonzero = count_params(model)
+    return ModelStats(
+        params=params,
+        nonzero_params=nonzero,
+        size_bytes=model.ByteSize(),
+        activation_bytes=activation_peak_bytes(model),
+    )
+
+
+def count_params(model: onnx.ModelProto) -> tuple[int, int]:
+    """(parameters, non-zero parameters), quantization metadata excluded."""
+    metadata = _quantization_metadata(model)
+    total = nonzero = 0
+    for init in model.graph.initializer:
+        if init.name in metadata:
+            continue
+        values = numpy_helper.to_array(init)
+        total += int(values.size)
+        nonzero += int(np.count_nonzero(values))
+    return total, nonzero
+
+
+def _quantization_metadata(model: onnx.ModelProto) -> set[str]:
+    dynamic_scales = {n.output[1] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
+    uses: dict[str, list[bool]] = {}
+    for node in model.graph.node:
+        slots = _QUANT_SLOTS.get(node.op_type, frozenset())
+        for i, name in enumerate(node.input):
+            is_meta = i in slots or (node.op_type == "Mul" and any(other in dynamic_scales for other in node.input if other != name))
+            uses.setdefault(name, []).append(is_meta)
+    return {name for name, flags in uses.items() if flags and all(flags)}
+
+
+def activation_peak_bytes(model: onnx.ModelProto) -> int:
+    """The largest sum, over nodes, of the bytes of its non-constant inputs and its outputs.
+
+    Uses ONNX shape inference; tensors whose shape it cannot infer are left out (and logged), so
+    the figure is a lower bound, which is what a "does it obviously not fit" check needs.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError as exc:
+        log.info("shape inference failed (%s); activation memory counts graph inputs and outputs only", exc)
+        inferred = model
+    graph = inferred.graph
+    sizes: dict[str, int] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        size = _tensor_bytes(vi)
+        if size is not None:
+            sizes[vi.name] = size
+    constants = {init.name for init in graph.initializer}
+    unknown: set[str] = set()
+    peak = 0
+    for node in graph.node:
+        # A node fed only by constants (DequantizeLinear of an int8 weight, a Constant) is folded or
+        # fused by the runtime before inference, so its output is a weight, not an activation.
+        if all(not name or name in constants for name in node.input):
+            constants.update(node.output)
+            continue
+        live = 0
+        for name in [*node.input, *node.output]:
+            if not name or name in constants:
+                continue
+            if name in sizes:
+                live += sizes[name]
+            else:
+                unknown.add(name)
+        peak = max(peak, live)
+    if unknown:
+        log.debug("activation estimate leaves out %d tensors of unknown shape: %s", len(unknown), sorted(unknown)[:5])
+    return peak
+
+
+def _tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim) or t.elem_type == 0:
+        return None
+    count = int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64))
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize

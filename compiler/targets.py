@@ -1,0 +1,116 @@
+"""Targets: how a chosen candidate becomes the bytes a device's runtime loads.
+
+Candidates are ONNX models. An ``Exporter`` turns one into the package's model file and tensor
+specs for one runtime, and runs the exported model so test vectors come from the same bytes the
+device gets. ``EXPORTERS`` maps a runtime name to its exporter; a profile is served by the first
+of its runtimes (in the profile's order of preference) that has one.
+
+Only onnxruntime is implemented: the exported file is the candidate model itself. LiteRT
+(phones) and TFLite Micro (microcontrollers) need an ONNX -> TFLite conversion that a later issue
+adds here, as one more entry in ``EXPORTERS``; until then a profile that lists only those
+runtimes fails with ``TargetNotImplemented`` before any work is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from edgefleet.agent.package import TensorSpec
+from edgefleet.compiler import inference
+from edgefleet.compiler.errors import TargetNotImplemented
+from edgefleet.compiler.inference import Feed
+from edgefleet.hardware_profiles.schema import HardwareProfile, NumberFormat, Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What goes into a package for one runtime: ``files[model_file]`` is the model."""
+
+    runtime: Runtime
+    model_file: str
+    files: dict[str, bytes]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def model_bytes(self) -> bytes:
+        return self.files[self.model_file]
+
+
+class Exporter(Protocol):
+    runtime: Runtime
+    formats: frozenset[NumberFormat]
+    """Number formats this exporter can carry to its runtime."""
+
+    def export(self, model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Artifact: ...
+
+    def run(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        """Run the exported model as the device will; outputs stacked per output as ``[N, ...]``."""
+        ...
+
+    def run_reference(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        """Run it with the runtime's unoptimised reference arithmetic, independent of this CPU's kernels.
+
+        The gap between ``run`` and this bounds how differently another CPU's kernels may round.
+        """
+        ...
+
+
+class OnnxRuntimeExporter:
+    """The candidate model, serialised as is: onnxruntime on the device reads the same ONNX."""
+
+    runtime = Runtime.ONNXRUNTIME
+    formats = frozenset({NumberFormat.FP32, NumberFormat.INT8})
+
+    def export(self, model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Artifact:
+        # QDQ and dynamic int8 models keep float inputs and outputs, so the original specs hold.
+        return Artifact(
+            runtime=self.runtime,
+            model_file="model.onnx",
+            files={"model.onnx": model.SerializeToString()},
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+        )
+
+    def run(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        return inference.run_model(onnx.load_model_from_string(artifact.model_bytes), feeds)
+
+    def run_reference(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        # Without graph optimisations a QDQ model is not fused into int8 kernels: each
+        # Quantize/DequantizeLinear runs in float, which is the scheme's exact arithmetic.
+        return inference.run_model(onnx.load_model_from_string(artifact.model_bytes), feeds, optimize=False)
+
+
+EXPORTERS: dict[Runtime, Exporter] = {Runtime.ONNXRUNTIME: OnnxRuntimeExporter()}
+
+_NEEDS = {
+    Runtime.LITERT: "a TFLite target (LiteRT)",
+    Runtime.TFLM: "a TFLite Micro target",
+}
+
+
+def exporter_for(profile: HardwareProfile) -> tuple[Exporter, tuple[str, ...]]:
+    """The exporter for the first of the profile's runtimes that has one, and notes on runtimes passed over."""
+    notes: list[str] = []
+    for runtime in profile.runtimes:
+        exporter = EXPORTERS.get(runtime)
+        if exporter is not None:
+            return exporter, tuple(notes)
+        notes.append(f"{profile.name} prefers {runtime.value}, which has no exporter yet; packaging for the next runtime it lists")
+    runtimes = [r.value for r in profile.runtimes]
+    needs = " or ".join(dict.fromkeys(_NEEDS.get(r, f"a {r.value} target") for r in profile.runtimes))
+    raise TargetNotImplemented(
+        f"profile {profile.name!r} runs {runtimes}: it needs {needs}, which is not implemented yet "
+        f"(the compiler exports for {', '.join(r.value for r in EXPORTERS)} only); "
+        "choose a profile whose runtimes include onnxruntime (`edgefleet profiles` lists them)",
+        profile=profile.name,
+        runtimes=runtimes,
+    )

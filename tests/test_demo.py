@@ -1,0 +1,28 @@
+"""`edgefleet demo` end to end, as a user runs it: embedded broker, compiler, three agent processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_demo_compiles_deploys_benchmarks_and_reports_three_simulated_devices(tmp_path: Path) -> None:
+    edgefleet = Path(sys.executable).parent / "edgefleet"
+    result = subprocess.run([str(edgefleet), "demo", "--json", "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["simulated"] is True
+    rows = out["devices"]
+    assert {r["profile"] for r in rows} == {"raspberry-pi-zero-2-w", "raspberry-pi-4", "raspberry-pi-5"}
+    for row in rows:
+        assert row["simulated"] is True
+        assert row["power_source"] == "estimate"
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["throughput_ips"] > 0 and row["peak_rss_mb"] > 0 and row["energy_mj"] > 0
+        assert row["model"] == "digits@1"
+    # The packages, device data and logs stay in the work directory for a look afterwards.
+    assert len(list((tmp_path / "packages").glob("*.efpkg"))) == 3
+    assert (tmp_path / "fleet.db").exists()
