@@ -151,6 +151,24 @@ def make_package(path: Path, key_path: Path, *, profile: str = "raspberry-pi-4",
     return path
 
 
+def publish(broker: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    """Publish one raw message at QoS 1 and wait for the broker's acknowledgement."""
+    from edgefleet.agent.transport import make_client
+
+    url = BrokerURL.parse(broker)
+    client = make_client(url)
+    client.connect(url.host, url.port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+def clear_retained(broker: str, topic: str) -> None:
+    """Delete a retained message (an empty retained payload), so tests leave the shared broker clean."""
+    publish(broker, topic, b"", retain=True)
+
+
 class Watcher:
     """Collects every message on some topics, for tests to wait on."""
 

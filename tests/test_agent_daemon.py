@@ -6,20 +6,22 @@ checks what the device reports and serves afterwards.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AgentProcess, Mosquitto, Watcher, make_package
+from conftest import AgentProcess, Mosquitto, Watcher, clear_retained, make_package, publish
 
 from edgefleet.agent import keys, topics
-from edgefleet.agent.transport import BrokerURL, make_client
-from edgefleet.deploy.push import clear_deployment, push_package
+from edgefleet.agent.transport import BrokerURL
+from edgefleet.agent.messages import PackageRef
+from edgefleet.deploy.push import clear_deployment, clear_package, push_package
 
 
 @pytest.fixture(scope="module")
 def device(broker_url: str, signing_key: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AgentProcess, Watcher]]:
-    device_id = "test-agent-daemon"
+    device_id = f"test-agent-{uuid.uuid4().hex[:8]}"  # unique: other test runs may share the broker
     workdir = tmp_path_factory.mktemp("agent")
     clear_deployment(BrokerURL.parse(broker_url), device=device_id)
     watcher = Watcher(broker_url, f"edgefleet/v1/devices/{device_id}/#")
@@ -28,11 +30,21 @@ def device(broker_url: str, signing_key: tuple[Path, Path], tmp_path_factory: py
     yield device_id, agent, watcher
     agent.stop()
     watcher.close()
-    clear_deployment(BrokerURL.parse(broker_url), device=device_id)
+    # Leave the shared broker as we found it: no retained state, deployment or package of ours.
+    url = BrokerURL.parse(broker_url)
+    clear_deployment(url, device=device_id)
+    clear_retained(broker_url, topics.state(device_id))
+    for ref in _PUSHED:
+        clear_package(url, ref)
+
+
+_PUSHED: list[PackageRef] = []
 
 
 def _push(broker_url: str, device_id: str, package: Path) -> str:
-    return push_package(package, broker=BrokerURL.parse(broker_url), device=device_id).deployment_id
+    deployment = push_package(package, broker=BrokerURL.parse(broker_url), device=device_id)
+    _PUSHED.append(deployment.package)
+    return deployment.deployment_id
 
 
 def _final_event(watcher: Watcher, deployment_id: str) -> dict:  # type: ignore[type-arg]
@@ -82,6 +94,21 @@ def test_a_package_from_an_untrusted_key_is_refused_and_the_old_model_kept(devic
     assert _serving_version(watcher) == "1"
 
 
+def test_a_package_whose_model_does_not_match_its_hash_is_refused(device, broker_url, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    device_id, agent, watcher = device
+    good = make_package(tmp_path / "good.efpkg", signing_key[0], version="2b")
+    tampered = tmp_path / "tampered.efpkg"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tampered, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info.filename, data[:-1] + bytes([data[-1] ^ 1]) if info.filename == "model.onnx" else data)
+    event = _final_event(watcher, _push(broker_url, device_id, tampered))
+    assert event["phase"] == "failed" and "model.onnx: sha256" in event["error"]
+    assert _serving_version(watcher) == "1"
+
+
 def test_a_model_that_fails_its_test_vectors_is_not_installed(device, broker_url, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
     device_id, agent, watcher = device
     bad = make_package(tmp_path / "wrong.efpkg", signing_key[0], version="3", expected_shift=1.0)
@@ -101,14 +128,8 @@ def test_a_package_for_another_profile_is_refused(device, broker_url, signing_ke
 @pytest.mark.parametrize("payload", [b"not json", b"{}", b'{"kind": "deployment", "package": 7}', b"\xff\xfe"])
 def test_malformed_messages_are_logged_and_ignored(device, broker_url, payload) -> None:  # type: ignore[no-untyped-def]
     device_id, agent, watcher = device
-    url = BrokerURL.parse(broker_url)
-    client = make_client(url)
-    client.connect(url.host, url.port)
-    client.loop_start()
     ignored_before = agent.log().count("malformed message")
-    client.publish(topics.device_deploy(device_id), payload, qos=1).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
+    publish(broker_url, topics.device_deploy(device_id), payload)
     _wait_until(lambda: agent.log().count("malformed message") > ignored_before, timeout=10)
     assert agent.alive()
 
