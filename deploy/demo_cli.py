@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -44,31 +46,42 @@ def demo(profiles: tuple[str, ...], broker: str | None, workdir: Path | None, ke
     around (`edgefleet telemetry --db ...`, `edgefleet push ... --broker ...`).
     """
     say = (lambda _msg: None) if as_json else click.echo
+
+    def show(result: DemoResult) -> None:
+        if as_json:
+            click.echo(json.dumps({"simulated": True, "note": SIMULATION_NOTE,
+                                   "devices": telemetry_records(result.rows)}, indent=2))
+            return
+        click.echo()
+        click.echo(telemetry_table(result.rows))
+        click.echo()
+        click.echo(SIMULATION_NOTE)
+
+    def show_and_wait(result: DemoResult) -> None:
+        show(result)
+        click.echo(click.style("\nEverything is still running. In another terminal:", bold=True), err=as_json)
+        click.echo(f"  edgefleet telemetry --db {result.db_path}", err=as_json)
+        for c in result.compiled:
+            click.echo(f"  edgefleet push {c.package_path} --device sim-{c.profile} --broker {result.broker} --wait",
+                       err=as_json)
+        click.echo("Press Ctrl-C to stop.", err=as_json)
+        signal.signal(signal.SIGTERM, _interrupt)  # stop the devices on `kill` too, not only on Ctrl-C
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopping the devices and the broker", err=as_json)
+
     url = BrokerURL.parse(broker) if broker else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-demo-") as tmp:
         try:
             result = run_demo(workdir or Path(tmp), profiles=profiles, broker=url, say=say,
-                              keep=_wait_for_ctrl_c if keep else None)
+                              keep=show_and_wait if keep else None)
         except (DemoError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps({"simulated": True, "note": SIMULATION_NOTE,
-                               "devices": telemetry_records(result.rows)}, indent=2))
-        return
-    click.echo()
-    click.echo(telemetry_table(result.rows))
-    click.echo()
-    click.echo(SIMULATION_NOTE)
+    if not keep:
+        show(result)
 
 
-def _wait_for_ctrl_c(result: DemoResult) -> None:
-    click.echo(click.style("\nEverything is running. In another terminal:", bold=True))
-    click.echo(f"  edgefleet telemetry --db {result.db_path}")
-    for c in result.compiled:
-        click.echo(f"  edgefleet push {c.package_path} --device sim-{c.profile} --broker {result.broker}")
-    click.echo("Press Ctrl-C to stop.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        click.echo("stopping")
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

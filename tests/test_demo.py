@@ -26,3 +26,29 @@ def test_the_demo_compiles_deploys_benchmarks_and_reports_three_simulated_device
     # The packages, device data and logs stay in the work directory for a look afterwards.
     assert len(list((tmp_path / "packages").glob("*.efpkg"))) == 3
     assert (tmp_path / "fleet.db").exists()
+
+
+def test_demo_keep_leaves_everything_running_until_stopped(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    edgefleet = Path(sys.executable).parent / "edgefleet"
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(edgefleet), "demo", "--keep", "--workdir", str(tmp_path / "w")],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while "Press Ctrl-C" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the demo did not get to the point where it waits"
+        time.sleep(0.5)
+
+    def agents() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", f"edgefleet.agent .*{tmp_path / 'w'}"], capture_output=True, text=True).stdout
+        return found.split()
+
+    assert len(agents()) == 3, "three agent processes stay up while the demo waits"
+    assert "edgefleet telemetry --db" in log.read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert agents() == [], "stopping the demo stops its devices"
