@@ -18,11 +18,14 @@ import click
 COMMANDS = {
     "demo": "edgefleet.deploy.demo_cli:demo",
     "compile": "edgefleet.compiler.cli:compile_command",
+    "convert": "edgefleet.compiler.cli:convert_command",
     "profiles": "edgefleet.hardware_profiles.cli:profiles",
     "keys": "edgefleet.compiler.cli:keys",
     "push": "edgefleet.deploy.push_cli:push",
     "telemetry": "edgefleet.deploy.telemetry_cli:telemetry",
     "collect": "edgefleet.deploy.telemetry_cli:collect",
+    "devices": "edgefleet.deploy.devices_cli:devices",
+    "rollout": "edgefleet.deploy.rollout_cli:rollout",
     "broker": "edgefleet.deploy.broker:broker_command",
     "agent": "edgefleet.agent.cli:agent",
 }

@@ -6,6 +6,13 @@ Three tables, filled by the collector from the messages of ``docs/protocol.md``:
     events      every DeploymentEvent: the history of each deployment on each device
     benchmarks  every BenchmarkReport: the figures the telemetry table shows, plus the full JSON
 
+and four written by staged rollouts (``edgefleet.deploy.rollout``, ``docs/fleet.md``):
+
+    packages         package files the fleet side has shipped, by package id (what a rollback pushes)
+    rollouts         one row per rollout: its plan (JSON), status, and the process running it
+    rollout_waves    the phase of each wave of a rollout
+    rollout_devices  the phase of each device of a rollout, with the package it had before
+
 Writes are idempotent (QoS 1 delivers a message at least once, so duplicates are expected) and
 the database runs in WAL mode so ``edgefleet telemetry`` can read while ``edgefleet collect``
 writes. One ``TelemetryStore`` may also be shared by threads: it serialises its own calls.
@@ -31,7 +38,7 @@ from edgefleet.agent.messages import (
     Phase,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migration n takes a database from schema n-1 to n. Append; never edit a released one.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -84,6 +91,57 @@ _MIGRATIONS: dict[int, list[str]] = {
             ts REAL NOT NULL,
             report TEXT NOT NULL,            -- the BenchmarkReport as received
             UNIQUE (device_id, package_id, ts)
+        )""",
+    ],
+    2: [
+        """CREATE TABLE packages (
+            package_id TEXT PRIMARY KEY,     -- name@version:profile
+            profile TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            path TEXT NOT NULL,              -- absolute path of the .efpkg file on this host
+            registered_at REAL NOT NULL
+        )""",
+        """CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,            -- running, paused, rolling_back, completed, aborted
+            plan TEXT NOT NULL,              -- JSON: packages, target, strategy, gates
+            reason TEXT NOT NULL,            -- why it was aborted or paused
+            next_wave_at REAL,               -- when the next wave may start (absolute time)
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            request TEXT,                    -- 'pause' or 'abort', written by another process
+            owner TEXT,                      -- host:pid of the process running it
+            heartbeat_at REAL
+        )""",
+        """CREATE TABLE rollout_waves (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+            wave INTEGER NOT NULL,
+            label TEXT NOT NULL,             -- "canary" or "50%"
+            status TEXT NOT NULL,            -- pending, deploying, passed, failed
+            started_at REAL,
+            finished_at REAL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (rollout_id, wave)
+        )""",
+        """CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+            device_id TEXT NOT NULL,
+            wave INTEGER NOT NULL,
+            profile TEXT NOT NULL,
+            package_id TEXT NOT NULL,        -- what the rollout installs
+            previous_package_id TEXT,        -- what the device ran before, NULL if nothing
+            previous_path TEXT,              -- that package's file, NULL if unknown
+            baseline_p90_ms REAL,            -- the previous package's latest benchmark on this device
+            baseline_energy_mj REAL,
+            phase TEXT NOT NULL,
+            deployment_id TEXT,              -- the latest deployment pushed to it
+            attempt INTEGER NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error TEXT NOT NULL,
+            p90_ms REAL,                     -- the new package's benchmark on this device
+            energy_mj REAL,
+            PRIMARY KEY (rollout_id, device_id)
         )""",
     ],
 }
@@ -148,6 +206,63 @@ class BenchmarkRow:
     def report(self) -> BenchmarkReport:
         """The full report as the device sent it."""
         return BenchmarkReport.model_validate_json(self.report_json)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRecord:
+    """A package file the fleet side knows, so a rollback can push it again."""
+
+    package_id: str
+    profile: str
+    sha256: str
+    path: str
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    rollout_id: str
+    status: str
+    plan_json: str
+    reason: str
+    next_wave_at: float | None
+    created_at: float
+    updated_at: float
+    request: str | None = None
+    owner: str | None = None
+    heartbeat_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutWaveRow:
+    rollout_id: str
+    wave: int
+    label: str
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDeviceRow:
+    rollout_id: str
+    device_id: str
+    wave: int
+    profile: str
+    package_id: str
+    previous_package_id: str | None
+    previous_path: str | None
+    baseline_p90_ms: float | None
+    baseline_energy_mj: float | None
+    phase: str
+    deployment_id: str | None
+    attempt: int
+    started_at: float | None
+    finished_at: float | None
+    error: str
+    p90_ms: float | None
+    energy_mj: float | None
 
 
 class TelemetryStore:
@@ -216,6 +331,18 @@ class TelemetryStore:
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+    def _transaction(self, statements: list[tuple[str, tuple[Any, ...] | dict[str, Any]]]) -> None:
+        """Run ``statements`` atomically: another process reads all of them or none."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     # --- writes ------------------------------------------------------------------------
 
@@ -307,6 +434,129 @@ class TelemetryStore:
             EventRow(r["deployment_id"], r["device_id"], r["package_id"], Phase(r["phase"]), r["error"], r["ts"])
             for r in self._read(f"SELECT * FROM events {where} ORDER BY ts, id", params)
         ]
+
+    def latest_benchmark(self, device_id: str, package_id: str, *, since: float | None = None) -> BenchmarkRow | None:
+        """The newest report of ``package_id`` on ``device_id`` (sent at or after ``since``), if any."""
+        rows = self._read(
+            "SELECT * FROM benchmarks WHERE device_id = ? AND package_id = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT 1",
+            (device_id, package_id, since if since is not None else -1e300),
+        )
+        return _benchmark_row(rows[0]) if rows else None
+
+    # --- packages (rollouts push them again on rollback) -----------------------------------
+
+    def register_package(self, record: PackageRecord) -> None:
+        """Remember where a package's file is; a later registration of the same id wins."""
+        self._write(
+            """INSERT INTO packages (package_id, profile, sha256, path, registered_at) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (package_id) DO UPDATE SET profile = excluded.profile, sha256 = excluded.sha256,
+               path = excluded.path, registered_at = excluded.registered_at""",
+            (record.package_id, record.profile, record.sha256, record.path, record.registered_at),
+        )
+
+    def package(self, package_id: str) -> PackageRecord | None:
+        rows = self._read("SELECT * FROM packages WHERE package_id = ?", (package_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return PackageRecord(r["package_id"], r["profile"], r["sha256"], r["path"], r["registered_at"])
+
+    # --- rollouts ----------------------------------------------------------------------
+
+    def save_rollout(self, rollout: RolloutRow, waves: list[RolloutWaveRow], devices: list[RolloutDeviceRow]) -> None:
+        """Insert or update a rollout with its waves and devices, atomically.
+
+        ``request``, ``owner`` and ``heartbeat_at`` are left alone on update: other processes write them.
+        """
+        statements: list[tuple[str, tuple[Any, ...] | dict[str, Any]]] = [
+            (
+                """INSERT INTO rollouts (id, status, plan, reason, next_wave_at, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET status = excluded.status, plan = excluded.plan,
+                   reason = excluded.reason, next_wave_at = excluded.next_wave_at, updated_at = excluded.updated_at""",
+                (rollout.rollout_id, rollout.status, rollout.plan_json, rollout.reason, rollout.next_wave_at,
+                 rollout.created_at, rollout.updated_at),
+            )
+        ]
+        for w in waves:
+            statements.append((
+                "INSERT OR REPLACE INTO rollout_waves VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (w.rollout_id, w.wave, w.label, w.status, w.started_at, w.finished_at, w.reason),
+            ))
+        for d in devices:
+            statements.append((
+                "INSERT OR REPLACE INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (d.rollout_id, d.device_id, d.wave, d.profile, d.package_id, d.previous_package_id, d.previous_path,
+                 d.baseline_p90_ms, d.baseline_energy_mj, d.phase, d.deployment_id, d.attempt, d.started_at,
+                 d.finished_at, d.error, d.p90_ms, d.energy_mj),
+            ))
+        self._transaction(statements)
+
+    def rollouts(self) -> list[RolloutRow]:
+        """Every rollout, newest first."""
+        return [_rollout_row(r) for r in self._read("SELECT * FROM rollouts ORDER BY created_at DESC, id")]
+
+    def rollout_head(self, rollout_id: str) -> RolloutRow | None:
+        """A rollout's own row (status, pending request, owner), without its waves and devices."""
+        rows = self._read("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
+        return _rollout_row(rows[0]) if rows else None
+
+    def rollout(self, rollout_id: str) -> tuple[RolloutRow, list[RolloutWaveRow], list[RolloutDeviceRow]] | None:
+        """A rollout with its waves (in order) and devices (by wave, then id); None if unknown."""
+        with self._lock:  # one read transaction, so the three parts agree
+            self._conn.execute("BEGIN")
+            try:
+                head = self._conn.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchall()
+                waves = self._conn.execute(
+                    "SELECT * FROM rollout_waves WHERE rollout_id = ? ORDER BY wave", (rollout_id,)).fetchall()
+                devices = self._conn.execute(
+                    "SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id", (rollout_id,)
+                ).fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        if not head:
+            return None
+        return (
+            _rollout_row(head[0]),
+            [RolloutWaveRow(w["rollout_id"], w["wave"], w["label"], w["status"], w["started_at"], w["finished_at"],
+                            w["reason"]) for w in waves],
+            [RolloutDeviceRow(**{k: d[k] for k in d.keys()}) for d in devices],  # columns are named as the fields
+        )
+
+    def set_rollout_request(self, rollout_id: str, request: str | None) -> None:
+        """Ask the process running a rollout to pause or abort it (None withdraws the request)."""
+        self._write("UPDATE rollouts SET request = ? WHERE id = ?", (request, rollout_id))
+
+    def clear_rollout_request(self, rollout_id: str, request: str) -> None:
+        """Mark ``request`` handled, unless another one replaced it meanwhile."""
+        self._write("UPDATE rollouts SET request = NULL WHERE id = ? AND request = ?", (rollout_id, request))
+
+    def claim_rollout(self, rollout_id: str, owner: str, now: float, *, free: str | None) -> bool:
+        """Make ``owner`` the process running a rollout if its current owner is ``free`` (None: nobody).
+
+        Compare-and-set, so of two processes resuming the same rollout one wins.
+        """
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE rollouts SET owner = ?, heartbeat_at = ? WHERE id = ? AND owner IS ?",
+                (owner, now, rollout_id, free),
+            )
+            return cur.rowcount == 1
+
+    def heartbeat_rollout(self, rollout_id: str, owner: str, now: float) -> None:
+        self._write("UPDATE rollouts SET heartbeat_at = ? WHERE id = ? AND owner = ?", (now, rollout_id, owner))
+
+    def release_rollout(self, rollout_id: str, owner: str) -> None:
+        self._write("UPDATE rollouts SET owner = NULL, heartbeat_at = NULL WHERE id = ? AND owner = ?",
+                    (rollout_id, owner))
+
+
+def _rollout_row(r: sqlite3.Row) -> RolloutRow:
+    return RolloutRow(
+        rollout_id=r["id"], status=r["status"], plan_json=r["plan"], reason=r["reason"], next_wave_at=r["next_wave_at"],
+        created_at=r["created_at"], updated_at=r["updated_at"], request=r["request"], owner=r["owner"],
+        heartbeat_at=r["heartbeat_at"],
+    )
 
 
 def _benchmark_row(r: sqlite3.Row) -> BenchmarkRow:
