@@ -7,11 +7,12 @@
     fidelity.py      how closely a candidate follows the original: top-1 agreement, SQNR, cosine
     stats.py         parameters, size and a rough activation-memory peak of a model
     planner.py       choose a candidate per profile within the fidelity budget and the device's limits
-    targets.py       runtime name -> exporter (onnxruntime now; TFLite and TFLite Micro later)
+    targets.py       runtime name -> exporter (onnxruntime now; LiteRT once TFLite quantization lands)
+    tflite/          ONNX -> TFLite without TensorFlow, written with the LiteRT schema bindings
     packaging.py     manifest, test vectors and tolerances for the chosen candidate
     report.py        the candidate table, as rows for JSON and the manifest, or as text
-    model_zoo.py     small trained models made by code (the digits MLP)
-    cli.py           `edgefleet compile` and `edgefleet keys`
+    model_zoo.py     small trained models made by code (digits MLP and CNN) and test architectures
+    cli.py           `edgefleet compile`, `edgefleet convert` and `edgefleet keys`
 
 docs/compiler.md explains the candidates, the fidelity budget and how a choice is made.
 """
