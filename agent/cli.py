@@ -1,4 +1,9 @@
-"""``edgefleet agent``: run the device daemon. Environment and flags are read here and nowhere else."""
+"""``edgefleet agent``: run the device daemon. Environment, flags and the config file are read here and nowhere else.
+
+Precedence: flag > EDGEFLEET_* environment variable > config file (``--config``) > default. The
+config file becomes click's ``default_map``, which click consults after the flag and the
+environment variable, so the precedence is click's own.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +14,74 @@ from pathlib import Path
 from types import FrameType
 
 import click
-
+from click.core import ParameterSource
 from edgefleet.agent.benchmark import BenchmarkSettings
+from edgefleet.agent.config import DEFAULT_CONFIG, load_config
 from edgefleet.agent.daemon import Agent
+from edgefleet.agent.detect import detect_profile
+from edgefleet.agent.errors import ConfigError
 from edgefleet.agent.keys import TrustStore
 from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
 from edgefleet.hardware_profiles import ProfileError, load_profile
 
+log = logging.getLogger("edgefleet.agent")
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
+    """Eager: load the config file into the command's default_map before the other options are read."""
+    explicit = ctx.get_parameter_source("config") != ParameterSource.DEFAULT
+    try:
+        config = load_config(path, required=explicit)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **config.as_defaults()}
+    return path
+
 
 @click.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEFLEET_CONFIG",
+              default=DEFAULT_CONFIG, show_default=True, is_eager=True, callback=_read_config, expose_value=False,
+              help="YAML file whose keys are these options' names with underscores (device_id, trust, ...). "
+                   "Flags and EDGEFLEET_* variables override it; a missing default file is ignored.")
 @click.option("--broker", envvar="EDGEFLEET_BROKER", default=DEFAULT_BROKER, show_default=True,
               help="MQTT broker URL: mqtt://HOST:PORT or mqtts://USER:PASS@HOST:8883.")
 @click.option("--device-id", envvar="EDGEFLEET_DEVICE_ID", default=socket.gethostname, show_default="hostname",
               help="This device's id in the fleet: letters, digits, '.', '_' or '-'.")
-@click.option("--profile", "profile_name", envvar="EDGEFLEET_PROFILE", required=True,
-              help="Hardware profile name (see `edgefleet profiles`) or a profile YAML file.")
+@click.option("--profile", "profile_name", envvar="EDGEFLEET_PROFILE",
+              help="Hardware profile name (see `edgefleet profiles`) or a profile YAML file. "
+                   "Default: detected from the device tree, /proc/cpuinfo or the CPU architecture.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEFLEET_DATA_DIR",
               default=Path("/var/lib/edgefleet"), show_default=True, help="Where installed models and state live.")
-@click.option("--trust", "trusted", multiple=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--trust", "trusted", multiple=True, envvar="EDGEFLEET_TRUST",
+              type=click.Path(exists=True, path_type=Path),
               help="Public key (.pub) or directory of keys whose packages this device accepts. "
                    "Default: DATA_DIR/trusted-keys/.")
-@click.option("--group", "groups", multiple=True, help="Fleet group this device belongs to (repeatable).")
-@click.option("--simulate", is_flag=True,
+@click.option("--group", "groups", multiple=True, envvar="EDGEFLEET_GROUPS",
+              help="Fleet group this device belongs to (repeatable).")
+@click.option("--simulate", is_flag=True, envvar="EDGEFLEET_SIMULATE",
               help="Pretend to be the profile's hardware on this machine: latencies are this host's, power is the "
                    "profile's estimate, and state and telemetry say so.")
-@click.option("--warmup", default=10, show_default=True, help="Untimed inferences before a benchmark.")
-@click.option("--runs", default=200, show_default=True, help="Timed inferences per benchmark (at most).")
-@click.option("--max-seconds", default=10.0, show_default=True, help="Stop timing after this long (>= 10 runs).")
-@click.option("--threads", default=0, show_default=True, help="Inference threads; 0 lets the runtime choose.")
-def agent(broker: str, device_id: str, profile_name: str, data_dir: Path, trusted: tuple[Path, ...],
-          groups: tuple[str, ...], simulate: bool, warmup: int, runs: int, max_seconds: float, threads: int) -> None:
+@click.option("--warmup", default=10, show_default=True, envvar="EDGEFLEET_WARMUP",
+              help="Untimed inferences before a benchmark.")
+@click.option("--runs", default=200, show_default=True, envvar="EDGEFLEET_RUNS",
+              help="Timed inferences per benchmark (at most).")
+@click.option("--max-seconds", default=10.0, show_default=True, envvar="EDGEFLEET_MAX_SECONDS",
+              help="Stop timing after this long (>= 10 runs).")
+@click.option("--threads", default=0, show_default=True, envvar="EDGEFLEET_THREADS",
+              help="Inference threads; 0 lets the runtime choose.")
+@click.option("--idle-seconds", default=2.0, show_default=True, envvar="EDGEFLEET_IDLE_SECONDS",
+              help="Measure idle power for this long before a benchmark, when a power sensor is present.")
+@click.option("--sysfs", type=click.Path(file_okay=False, path_type=Path), default=Path("/sys"), show_default=True,
+              envvar="EDGEFLEET_SYSFS", help="Where sysfs is mounted (power sensors, thermal zones, governor).")
+@click.option("--proc", type=click.Path(file_okay=False, path_type=Path), default=Path("/proc"), show_default=True,
+              envvar="EDGEFLEET_PROC", help="Where procfs is mounted (profile detection).")
+@click.option("--vcgencmd", default="vcgencmd", show_default=True, envvar="EDGEFLEET_VCGENCMD",
+              help="Raspberry Pi firmware tool, for the Pi 5 PMIC power rails and throttling flags.")
+@click.option("--system-interval", default=60.0, show_default=True, envvar="EDGEFLEET_SYSTEM_INTERVAL",
+              help="Publish CPU, memory, temperature, disk, uptime and counters every this many seconds; 0: never.")
+def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path, trusted: tuple[Path, ...],
+          groups: tuple[str, ...], simulate: bool, warmup: int, runs: int, max_seconds: float, threads: int,
+          idle_seconds: float, sysfs: Path, proc: Path, vcgencmd: str, system_interval: float) -> None:
     """Run the device agent: install models pushed to this device, benchmark them, report telemetry.
 
     \b
@@ -53,19 +96,28 @@ def agent(broker: str, device_id: str, profile_name: str, data_dir: Path, truste
     The agent retries an unreachable broker with backoff, refuses packages not signed by a trusted
     key, and keeps serving its current model when a new one fails to verify, load or pass its
     test vectors. Stop it with Ctrl-C or SIGTERM.
+
+    Every option can also be set in the config file (see --config; keys are the option names with
+    underscores) or an EDGEFLEET_* environment variable (EDGEFLEET_DEVICE_ID, EDGEFLEET_RUNS, ...).
     """
-    try:
-        url = BrokerURL.parse(broker)
-        profile = load_profile(profile_name)
-        trust = TrustStore.from_paths(list(trusted) or [data_dir / "trusted-keys"])
-        settings = BenchmarkSettings(warmup=warmup, runs=runs, max_seconds=max_seconds, threads=threads)
-        daemon = Agent(broker=url, device_id=device_id, profile=profile, data_dir=data_dir, trust=trust,
-                       groups=groups, simulated=simulate, benchmark=settings)
-    except (ProfileError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
     # A daemon logs its progress by default; basicConfig does nothing if `edgefleet -v` configured logging.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("edgefleet").setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        url = BrokerURL.parse(broker)
+        if profile_name is None:
+            detected = detect_profile(proc=proc)
+            log.info("profile %s detected from %s", detected.profile, detected.evidence)
+            profile_name = detected.profile
+        profile = load_profile(profile_name)
+        trust = TrustStore.from_paths(list(trusted) or [data_dir / "trusted-keys"])
+        settings = BenchmarkSettings(warmup=warmup, runs=runs, max_seconds=max_seconds, threads=threads,
+                                     idle_seconds=idle_seconds)
+        daemon = Agent(broker=url, device_id=device_id, profile=profile, data_dir=data_dir, trust=trust,
+                       groups=groups, simulated=simulate, benchmark=settings, sysfs=sysfs, vcgencmd=vcgencmd,
+                       system_interval=system_interval)
+    except (ProfileError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         daemon.stop()

@@ -1,7 +1,8 @@
 """The device agent: receive deployments over MQTT, install them safely, benchmark, report.
 
-One ``Agent`` object per process, configured entirely through its constructor. paho-mqtt's
-network thread receives messages and reconnects with exponential backoff; deployments are
+One ``Agent`` object per process, configured entirely through its constructor. A network
+thread runs paho-mqtt's loop and reconnects with capped exponential backoff and jitter
+(``reconnect.py``), catching only the connection errors it can recover from; deployments are
 queued and handled one at a time on the thread that called ``run``, so two deployments never
 race for the ``current`` model. Bad input (a malformed message, a package with a bad signature
 or hash, a model that fails its test vectors) is refused and reported; the agent keeps running
@@ -25,7 +26,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edgefleet.agent import runtimes, topics
-from edgefleet.agent.benchmark import BenchmarkSettings, measure
+from edgefleet.agent.benchmark import BenchmarkSettings, DeviceProbe, measure
 from edgefleet.agent.errors import (
     BenchmarkError,
     IntegrityError,
@@ -47,8 +48,10 @@ from edgefleet.agent.messages import (
     parse,
 )
 from edgefleet.agent.package import file_sha256, load_test_vectors, verify_package
-from edgefleet.agent.power import find_power_source
+from edgefleet.agent.power import ProfileEstimate, find_power_source
+from edgefleet.agent.reconnect import RECOVERABLE_CONNECT_ERRORS, Backoff
 from edgefleet.agent.runtimes import LoadedModel
+from edgefleet.agent.system import Counters, SystemMonitor
 from edgefleet.agent.transfer import ChunkedDownload
 from edgefleet.agent.transport import BrokerURL, make_client
 from edgefleet.hardware_profiles import HardwareProfile
@@ -84,7 +87,9 @@ class Agent:
         simulated: bool = False,
         benchmark: BenchmarkSettings | None = None,
         sysfs: Path = Path("/sys"),
+        vcgencmd: str = "vcgencmd",
         stall_timeout: float = 120.0,
+        system_interval: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.device_id = topics.check_id(device_id)
@@ -93,6 +98,9 @@ class Agent:
             raise ValueError("the agent trusts no signing key, so it would refuse every package; pass --trust KEY.pub")
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
+        if system_interval < 0:
+            raise ValueError("system_interval must be 0 (no system samples) or a number of seconds")
+        self.system_interval = system_interval
         self.broker = broker
         self.profile = profile
         self.trust = trust
@@ -102,7 +110,13 @@ class Agent:
         self.log = logger or logging.getLogger(f"edgefleet.agent.{device_id}")
         self.data_dir = Path(data_dir)
         self.store = ModelStore(self.data_dir)
-        self.power = find_power_source(profile, sysfs=sysfs, simulated=simulated)
+        self.counters = Counters()
+        self._monitor = SystemMonitor(device_id=self.device_id, profile=profile.name, simulated=simulated,
+                                      data_dir=self.data_dir, sysfs=Path(sysfs))
+        self._next_sample = time.monotonic()
+        self.power = find_power_source(profile, sysfs=sysfs, vcgencmd=vcgencmd, simulated=simulated, logger=self.log)
+        # A simulated device reports no temperatures: the host's say nothing about the board it pretends to be.
+        self.probe = None if simulated else DeviceProbe(sysfs=Path(sysfs), vcgencmd=vcgencmd)
         self._state_path = self.data_dir / "agent-state.json"
         self._deployments: queue.Queue[Deployment] = queue.Queue()
         self._download: ChunkedDownload | None = None
@@ -111,9 +125,9 @@ class Agent:
         self._model: LoadedModel | None = None
         self._client = make_client(broker, client_id=f"edgefleet-agent-{device_id}")
         self._client.will_set(topics.state(device_id), self._state("offline").to_bytes(), qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self._backoff = Backoff(min_delay=1.0, max_delay=60.0)
+        self._network_stop = threading.Event()
         self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
@@ -124,10 +138,11 @@ class Agent:
         self.store.clean_up()
         self.log.info("agent %s (%s%s) connecting to %s", self.device_id, self.profile.name,
                       ", simulated" if self.simulated else "", self.broker)
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
-        self._client.loop_start()
+        network = threading.Thread(target=self._network, name=f"mqtt-{self.device_id}", daemon=True)
+        network.start()
         try:
             while not self._stop.is_set():
+                self._maybe_sample()
                 try:
                     deployment = self._deployments.get(timeout=0.5)
                 except queue.Empty:
@@ -138,10 +153,36 @@ class Agent:
             if self._client.is_connected():
                 info.wait_for_publish(timeout=5)
             self._client.disconnect()
-            self._client.loop_stop()
+            self._network_stop.set()
+            network.join(timeout=10)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _network(self) -> None:
+        """The network thread: connect, run paho's loop while connected, retry with jittered backoff.
+
+        Runs until ``run`` has announced the device offline and disconnected (``_network_stop``);
+        after ``stop()`` it keeps the connection serviced so that announcement is delivered, but
+        does not reconnect.
+        """
+        while not self._network_stop.is_set() and not self._stop.is_set():
+            try:
+                self._client.connect(self.broker.host, self.broker.port, keepalive=30)
+            except RECOVERABLE_CONNECT_ERRORS as exc:
+                delay = self._backoff.next()
+                self.log.warning("cannot reach the broker at %s (%s); retrying in %.1f s", self.broker, exc, delay)
+                self._network_stop.wait(delay)
+                continue
+            rc = mqtt.MQTT_ERR_SUCCESS
+            while rc == mqtt.MQTT_ERR_SUCCESS and not self._network_stop.is_set():
+                rc = self._client.loop(timeout=1.0)
+            if self._stop.is_set() or self._network_stop.is_set():
+                return
+            delay = self._backoff.next()
+            self.log.warning("lost the connection to %s (%s); reconnecting in %.1f s", self.broker,
+                             mqtt.error_string(rc), delay)
+            self._network_stop.wait(delay)
 
     # --- MQTT callbacks (paho's network thread) -----------------------------------------
 
@@ -150,6 +191,7 @@ class Agent:
             self.log.error("broker %s refused the connection: %s", self.broker, reason)
             return
         self.log.info("connected to %s", self.broker)
+        self._backoff.reset()
         client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
         subscriptions = [(topics.device_deploy(self.device_id), 1)]
         subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
@@ -157,12 +199,10 @@ class Agent:
             subscriptions.append((topics.package_chunks(self._download.ref.sha256), 1))
         client.subscribe(subscriptions)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self.log.warning("cannot reach the broker at %s; retrying with backoff (up to 60 s between tries)", self.broker)
-
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if not self._stop.is_set():
-            self.log.warning("disconnected from %s (%s); reconnecting", self.broker, reason)
+            # The network thread logs what happens next (reconnect, with its delay).
+            self.log.debug("disconnected from %s (%s)", self.broker, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
@@ -206,9 +246,11 @@ class Agent:
             self._event(deployment, Phase.BENCHMARKING)
             self._benchmark()
             self._event(deployment, Phase.DONE)
+            self.counters.deployments_done += 1
         except (PackageError, RuntimeLoadError, BenchmarkError, TransportError) as exc:
             self.log.error("deployment %s of %s failed: %s", deployment.deployment_id, ref.id, exc)
             self._event(deployment, Phase.FAILED, error=str(exc))
+            self.counters.deployments_failed += 1
         finally:
             self._remember(deployment)
             self._publish_state()
@@ -266,6 +308,7 @@ class Agent:
         for i, (feed, want) in enumerate(zip(inputs, expected, strict=True)):
             try:
                 got = model.run(feed)
+                self.counters.inferences += 1
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise RuntimeLoadError(f"the model fails on test vector {i}: {exc}") from None
             for k, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -284,7 +327,8 @@ class Agent:
         model = runtimes.load(installed.model_path, manifest.target.runtime, threads=self.settings.threads)
         load_ms = (time.perf_counter() - t0) * 1e3
         self._model = model
-        m = measure(model, feeds, self.settings, self.power, self.profile.cpu.cores)
+        m = measure(model, feeds, self.settings, self.power, self.profile.cpu.cores,
+                    fallback=ProfileEstimate(self.profile), probe=self.probe, logger=self.log)
         report = BenchmarkReport(
             device_id=self.device_id, profile=self.profile.name, simulated=self.simulated,
             package_id=manifest.package_id, model_name=manifest.name, model_version=manifest.version,
@@ -292,7 +336,11 @@ class Agent:
             warmup=self.settings.warmup, runs=m.runs, load_ms=load_ms, first_inference_ms=m.first_inference_ms,
             latency_ms=m.latency, throughput_ips=m.throughput_ips, peak_rss_mb=m.peak_rss_mb,
             cpu_percent=m.cpu_percent, power=m.power, energy_mj=m.energy_mj,
+            energy_above_idle_mj=m.energy_above_idle_mj, temperature_before_c=m.temperature_before_c,
+            temperature_after_c=m.temperature_after_c, throttled=m.throttled, governor=m.governor,
         )
+        self.counters.inferences += 1 + self.settings.warmup + m.runs
+        self.counters.benchmarks += 1
         self._client.publish(topics.telemetry(self.device_id), report.to_bytes(), qos=1)
         self.log.info("benchmark of %s: p50 %.3f ms, p99 %.3f ms, %.0f inf/s, %.2f W (%s)", manifest.package_id,
                       m.latency.p50, m.latency.p99, m.throughput_ips, m.power.watts, m.power.source)
@@ -324,6 +372,20 @@ class Agent:
         return DeviceState(device_id=self.device_id, status=status, profile=self.profile.name,  # type: ignore[arg-type]
                            simulated=self.simulated, groups=self.groups, agent_version=agent_version(),
                            runtimes=runtimes.available(), model=model)
+
+    def _maybe_sample(self) -> None:
+        """Publish a SystemSample when one is due and the broker is connected (samples are not queued offline)."""
+        if self.system_interval <= 0 or time.monotonic() < self._next_sample or not self._client.is_connected():
+            return
+        self._next_sample = time.monotonic() + self.system_interval
+        current = self._current()
+        try:
+            sample = self._monitor.sample(self.counters, package_id=current.manifest.package_id if current else None,
+                                          version=current.manifest.version if current else None)
+        except OSError as exc:  # e.g. the data directory's filesystem went away
+            self.log.warning("no system sample: %s", exc)
+            return
+        self._client.publish(topics.system(self.device_id), sample.to_bytes(), qos=1)
 
     def _publish_state(self) -> None:
         self._client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)

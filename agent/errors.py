@@ -7,7 +7,9 @@
     │   ├── SignatureError   not signed by a trusted key, or the signature does not match
     │   └── IntegrityError   a hash or size that does not match what was promised
     ├── RuntimeLoadError     the runtime cannot load or run the model (missing runtime, bad model)
-    └── BenchmarkError       the model loaded but could not be measured
+    ├── BenchmarkError       the model loaded but could not be measured
+    └── ConfigError          a bad config file or setting, or a profile that cannot be detected;
+                             also a ValueError; fix the configuration (the agent does not start)
 
 Every exception carries a message that says what is wrong, where, and what to do.
 """
@@ -56,3 +58,11 @@ class RuntimeLoadError(EdgefleetError):
 
 class BenchmarkError(EdgefleetError):
     """The model is installed but could not be benchmarked."""
+
+
+class ConfigError(EdgefleetError, ValueError):
+    """The agent's configuration is invalid. ``path`` names the config file when there is one."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path

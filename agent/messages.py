@@ -140,6 +140,7 @@ class PowerReading(_Message):
     watts: float
     idle_watts: float | None = None
     source: str = Field(description="'estimate' (the profile's power model) or the sensor, e.g. 'hwmon:ina219'.")
+    seconds: float | None = Field(default=None, description="How long the sensor averaged over (timed runs only).")
 
 
 class BenchmarkReport(_Message):
@@ -166,7 +167,43 @@ class BenchmarkReport(_Message):
     power: PowerReading
     energy_mj: float = Field(description="Energy per inference, millijoules: power x mean latency.")
     ts: float = Field(default_factory=time.time)
+    energy_above_idle_mj: float | None = Field(
+        default=None, description="Energy per inference above the idle baseline: (power - idle power) x mean latency.")
+    temperature_before_c: float | None = Field(default=None, description="Hottest thermal zone before the warm-up.")
+    temperature_after_c: float | None = Field(default=None, description="Hottest thermal zone after the timed runs.")
+    throttled: list[str] | None = Field(
+        default=None, description="Raspberry Pi firmware throttling flags after the run; None without vcgencmd.")
+    governor: str | None = Field(default=None, description="cpu0's cpufreq scaling governor during the run.")
 
 
 Telemetry = Annotated[BenchmarkReport, Field(discriminator="kind")]
 TELEMETRY = TypeAdapter(Telemetry)
+
+
+class SystemSample(_Message):
+    """The device's health every ``system_interval`` seconds, on ``topics.system(device)`` at QoS 1 (not retained).
+
+    Counters count from the agent's start, so a reset shows as a drop together with ``agent_uptime_s``.
+    """
+
+    kind: Literal["system"] = "system"
+    protocol: int = PROTOCOL
+    device_id: str
+    profile: str
+    simulated: bool = False
+    cpu_percent: float = Field(description="Whole-system CPU use since the previous sample, 0-100 over all cores.")
+    load_1m: float | None = None
+    memory_used_mb: float
+    memory_total_mb: float
+    temperature_c: float | None = Field(default=None, description="Hottest thermal zone; None when simulated.")
+    disk_free_mb: float = Field(description="Free space on the data directory's filesystem.")
+    disk_used_percent: float
+    uptime_s: float = Field(description="Seconds since the device booted.")
+    agent_uptime_s: float
+    model_package_id: str | None = None
+    model_version: str | None = None
+    inferences: int = Field(default=0, description="Inferences run since the agent started (benchmarks, test vectors).")
+    benchmarks: int = 0
+    deployments_done: int = 0
+    deployments_failed: int = 0
+    ts: float = Field(default_factory=time.time)

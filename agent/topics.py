@@ -4,7 +4,8 @@ Everything lives under ``edgefleet/v1/``; the version segment lets a fleet run t
 versions side by side during an upgrade.
 
     edgefleet/v1/devices/{device}/state        device -> fleet  retained; last will says "offline"
-    edgefleet/v1/devices/{device}/telemetry    device -> fleet  benchmark reports and system samples, QoS 1
+    edgefleet/v1/devices/{device}/telemetry    device -> fleet  benchmark reports, QoS 1
+    edgefleet/v1/devices/{device}/system       device -> fleet  periodic health samples (SystemSample), QoS 1
     edgefleet/v1/devices/{device}/events       device -> fleet  deployment progress and refusals, QoS 1
     edgefleet/v1/devices/{device}/deploy       fleet -> device  retained: the deployment this device should run
     edgefleet/v1/groups/{group}/{profile}/deploy
@@ -44,6 +45,10 @@ def telemetry(device: str) -> str:
     return f"{ROOT}/devices/{device}/telemetry"
 
 
+def system(device: str) -> str:
+    return f"{ROOT}/devices/{device}/system"
+
+
 def events(device: str) -> str:
     return f"{ROOT}/devices/{device}/events"
 
@@ -74,6 +79,7 @@ def chunk_index(topic: str) -> int:
 ALL_STATES = f"{ROOT}/devices/+/state"
 ALL_TELEMETRY = f"{ROOT}/devices/+/telemetry"
 ALL_EVENTS = f"{ROOT}/devices/+/events"
+ALL_SYSTEM = f"{ROOT}/devices/+/system"
 
 
 def device_of(topic: str) -> str:
@@ -82,3 +88,4 @@ def device_of(topic: str) -> str:
     if len(parts) < 4 or parts[2] != "devices":
         raise ValueError(f"not a device topic: {topic!r}")
     return parts[3]
+
