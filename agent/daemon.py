@@ -35,6 +35,7 @@ from edgefleet.agent.errors import (
     RuntimeLoadError,
     TransportError,
 )
+from edgefleet.agent.faults import crash_point
 from edgefleet.agent.install import InstalledPackage, ModelStore
 from edgefleet.agent.keys import TrustStore
 from edgefleet.agent.messages import (
@@ -262,6 +263,7 @@ class Agent:
         try:
             self._event(deployment, Phase.VERIFYING)
             manifest = verify_package(package_path, self.trust)
+            crash_point("verified")
             if manifest.target.profile != self.profile.name:
                 raise PackageError(f"package {manifest.package_id} was compiled for {manifest.target.profile}, "
                                    f"this device is {self.profile.name}: push the package built for its profile")
@@ -281,6 +283,9 @@ class Agent:
 
     def _fetch(self, ref: PackageRef) -> Path:
         download = ChunkedDownload(self.data_dir / "downloads", ref)
+        if download.have:
+            self.log.info("resuming the download of %s: %d of %d chunks are already here",
+                          ref.id, len(download.have), ref.chunk_count())
         if not download.complete:
             self._download = download
             self._chunk_arrived.clear()
@@ -327,6 +332,7 @@ class Agent:
         model = runtimes.load(installed.model_path, manifest.target.runtime, threads=self.settings.threads)
         load_ms = (time.perf_counter() - t0) * 1e3
         self._model = model
+        crash_point("benchmarking")
         m = measure(model, feeds, self.settings, self.power, self.profile.cpu.cores,
                     fallback=ProfileEstimate(self.profile), probe=self.probe, logger=self.log)
         report = BenchmarkReport(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent.errors import PackageError
+from edgefleet.agent.faults import crash_point
 from edgefleet.agent.package import MANIFEST, Manifest, extract_member
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,13 @@ class ModelStore:
                     extract_member(package_path, name, out, entry)
                     out.flush()
                     os.fsync(out.fileno())
+                crash_point("staging")
             (staging / "SHA256").write_text(sha256)
             _fsync(staging / "SHA256")
             _fsync_dir(staging)
             staging.rename(final)
             _fsync_dir(self.packages)
+            crash_point("staged")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -86,8 +89,10 @@ class ModelStore:
         """Make ``installed`` the serving model, atomically."""
         tmp = self.root / f".current-{uuid.uuid4().hex[:8]}"
         tmp.symlink_to(installed.directory.relative_to(self.root))
+        crash_point("activating")
         os.replace(tmp, self.current_link)
         _fsync_dir(self.root)
+        crash_point("activated")
         self._prune(keep_also=installed.directory)
 
     def discard(self, installed: InstalledPackage) -> None:

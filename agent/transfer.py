@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from edgefleet.agent.errors import IntegrityError
+from edgefleet.agent.faults import crash_point
 from edgefleet.agent.messages import PackageRef
 from edgefleet.agent.package import file_sha256
 
@@ -51,6 +52,7 @@ class ChunkedDownload:
             os.fsync(f.fileno())
         self.have.add(index)
         self._save_index()
+        crash_point(f"chunk:{index}")
         return True
 
     @property

@@ -221,9 +221,10 @@ class AgentProcess:
     """A real `edgefleet agent` process, its log in a file."""
 
     def __init__(self, broker: str, device_id: str, data_dir: Path, trust: Path, *, profile: str = "raspberry-pi-4",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         import sys
 
+        self.env = env
         self.log_path = data_dir.parent / f"{device_id}.log"
         self.argv = [str(Path(sys.executable).parent / "edgefleet"), "-v", "agent", "--broker", broker,
                      "--device-id", device_id, "--profile", profile, "--data-dir", str(data_dir),
@@ -231,7 +232,10 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
+        import os
+
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"), env=env)
         return self
 
     def log(self) -> str:
