@@ -61,11 +61,24 @@ _MAX_REMEMBERED_DEPLOYMENTS = 256
 
 
 @dataclass
+class _Trial:
+    """A model just made current and not yet proven: it has not finished a benchmark without crashing us."""
+
+    deployment_id: str
+    package_id: str
+    sha256: str
+    previous: str | None  # directory name under packages/ of the model it replaced
+    starts: int = 0  # agent starts since it became current; the trial ends before a clean exit, so each follows a crash
+
+
+@dataclass
 class _History:
-    """Deployments this device has finished (so retained ones replay as no-ops) and the newest applied."""
+    """Deployments this device has finished (so retained ones replay as no-ops), the newest applied,
+    and the model on trial, if any."""
 
     done: list[str]
     issued_at: float
+    trial: _Trial | None = None
 
 
 def agent_version() -> str:
@@ -90,6 +103,7 @@ class Agent:
         sysfs: Path = Path("/sys"),
         vcgencmd: str = "vcgencmd",
         stall_timeout: float = 120.0,
+        max_crashes: int = 3,
         system_interval: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -99,6 +113,10 @@ class Agent:
             raise ValueError("the agent trusts no signing key, so it would refuse every package; pass --trust KEY.pub")
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
+        if max_crashes < 1:
+            raise ValueError("max_crashes must be at least 1")
+        self.max_crashes = max_crashes
+        self._pending_events: list[DeploymentEvent] = []  # to publish once connected
         if system_interval < 0:
             raise ValueError("system_interval must be 0 (no system samples) or a number of seconds")
         self.system_interval = system_interval
@@ -137,6 +155,9 @@ class Agent:
     def run(self) -> None:
         """Serve until ``stop()`` is called; returns after announcing the device offline."""
         self.store.clean_up()
+        rollback = self._roll_back_after_crashes()
+        if rollback is not None:
+            self._pending_events.append(rollback)
         self.log.info("agent %s (%s%s) connecting to %s", self.device_id, self.profile.name,
                       ", simulated" if self.simulated else "", self.broker)
         network = threading.Thread(target=self._network, name=f"mqtt-{self.device_id}", daemon=True)
@@ -194,6 +215,8 @@ class Agent:
         self.log.info("connected to %s", self.broker)
         self._backoff.reset()
         client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
+        while self._pending_events:
+            client.publish(topics.events(self.device_id), self._pending_events.pop(0).to_bytes(), qos=1)
         subscriptions = [(topics.device_deploy(self.device_id), 1)]
         subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
         if self._download is not None:  # resume a transfer the disconnect interrupted
@@ -253,6 +276,8 @@ class Agent:
             self._event(deployment, Phase.FAILED, error=str(exc))
             self.counters.deployments_failed += 1
         finally:
+            # Whatever the outcome, the new model did not crash the agent: its trial is over.
+            self._end_trial()
             self._remember(deployment)
             self._publish_state()
 
@@ -278,6 +303,7 @@ class Agent:
             self.store.discard(staged)
             raise
         self.store.activate(staged)
+        self._start_trial(deployment, ref.sha256, previous)
         self._model = model
         self.log.info("installed %s (was %s)", manifest.package_id, previous.manifest.package_id if previous else "nothing")
 
@@ -404,16 +430,65 @@ class Agent:
     def _load_history(self) -> _History:
         try:
             raw = json.loads(self._state_path.read_text())
-            return _History(done=[str(d) for d in raw["done"]], issued_at=float(raw["issued_at"]))
+            trial = _Trial(**raw["trial"]) if raw.get("trial") else None
+            return _History(done=[str(d) for d in raw["done"]], issued_at=float(raw["issued_at"]), trial=trial)
         except (OSError, ValueError, TypeError, KeyError):
             return _History(done=[], issued_at=0.0)
+
+    def _save_history(self, history: _History) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(history)))
+        os.replace(tmp, self._state_path)
+
+    def _start_trial(self, deployment: Deployment, sha256: str, previous: InstalledPackage | None) -> None:
+        history = self._load_history()
+        history.trial = _Trial(deployment_id=deployment.deployment_id, package_id=deployment.package.id,
+                               sha256=sha256, previous=previous.directory.name if previous else None)
+        self._save_history(history)
+
+    def _end_trial(self) -> None:
+        history = self._load_history()
+        if history.trial is not None:
+            history.trial = None
+            self._save_history(history)
+
+    def _roll_back_after_crashes(self) -> DeploymentEvent | None:
+        """At start-up: if the model on trial has crashed the agent too often, serve the previous one again.
+
+        Returns the failure event to report once connected.
+        """
+        history = self._load_history()
+        trial = history.trial
+        current = self._current()
+        if trial is None or current is None or current.sha256 != trial.sha256:
+            return None
+        trial.starts += 1
+        crashes = trial.starts
+        if crashes < self.max_crashes:
+            self._save_history(history)
+            if crashes:
+                self.log.warning("%s crashed the agent %d time(s) since it was installed; %d more and it is rolled back",
+                                 trial.package_id, crashes, self.max_crashes - crashes)
+            return None
+        previous = self.store.installed(trial.previous) if trial.previous else None
+        if previous is None:
+            reason = f"{trial.package_id} crashed the agent {crashes} times and there is no previous model to go back to"
+        else:
+            self.store.activate(previous)
+            reason = (f"{trial.package_id} crashed the agent {crashes} times; "
+                      f"rolled back to {previous.manifest.package_id}")
+        self.log.error("%s", reason)
+        history.trial = None
+        history.done = (history.done + [trial.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
+        self._save_history(history)
+        self.counters.deployments_failed += 1
+        return DeploymentEvent(device_id=self.device_id, deployment_id=trial.deployment_id,
+                               package_id=trial.package_id, phase=Phase.FAILED, error=reason)
 
     def _remember(self, deployment: Deployment) -> None:
         """Record a finished deployment so that its retained message does nothing next time."""
         history = self._load_history()
         history.done = (history.done + [deployment.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
         history.issued_at = max(history.issued_at, deployment.issued_at)
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(history)))
-        os.replace(tmp, self._state_path)
+        self._save_history(history)
 

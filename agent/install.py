@@ -58,6 +58,13 @@ class ModelStore:
             return None
         return self._load(self.current_link.resolve())
 
+    def installed(self, name: str) -> InstalledPackage | None:
+        """A package still on disk, by its directory name under ``packages/``."""
+        directory = self.packages / name
+        if name.startswith(".") or "/" in name or not directory.is_dir():
+            return None
+        return self._load(directory)
+
     def stage(self, package_path: Path, manifest: Manifest, sha256: str) -> InstalledPackage:
         """Unpack a verified package into its own directory (not yet serving)."""
         final = self.packages / sha256[:16]

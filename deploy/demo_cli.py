@@ -65,13 +65,13 @@ def demo(profiles: tuple[str, ...], broker: str | None, workdir: Path | None, ke
             click.echo(f"  edgefleet push {c.package_path} --device sim-{c.profile} --broker {result.broker} --wait",
                        err=as_json)
         click.echo("Press Ctrl-C to stop.", err=as_json)
-        signal.signal(signal.SIGTERM, _interrupt)  # stop the devices on `kill` too, not only on Ctrl-C
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             click.echo("stopping the devices and the broker", err=as_json)
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the devices on `kill` too, not only on Ctrl-C
     url = BrokerURL.parse(broker) if broker else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-demo-") as tmp:
         try:

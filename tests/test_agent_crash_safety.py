@@ -9,6 +9,7 @@ deployment and serve v2.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,44 @@ def test_a_crash_at_any_point_leaves_old_or_new_model_and_a_restart_finishes(
     if point == "chunk:3":
         assert "resuming the download" in restarted.log()
     assert not list((data / "packages").glob(".staging-*")), "no half-unpacked package is left behind"
+
+
+def test_a_model_that_keeps_crashing_the_agent_is_rolled_back(
+    fleet, broker_url: str, signing_key: tuple[Path, Path], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    device_id, pushed = fleet
+    data = tmp_path / "data"
+    agent = AgentProcess(broker_url, device_id, data, signing_key[1]).start()
+    try:
+        assert _deploy(broker_url, device_id, make_package(tmp_path / "v1.efpkg", signing_key[0], version="1"),
+                       pushed)["ok"]
+    finally:
+        agent.stop()
+
+    # v2 "crashes the runtime" every time it is benchmarked, as a model with a bad kernel would.
+    watcher = Watcher(broker_url, topics.events(device_id))
+    deployment = push_package(make_package(tmp_path / "v2.efpkg", signing_key[0], version="2", scale=3.0),
+                              broker=BrokerURL.parse(broker_url), device=device_id)
+    pushed.append(deployment.package)
+    crashes = 0
+    survivor = None
+    for _ in range(5):
+        proc = AgentProcess(broker_url, device_id, data, signing_key[1],
+                            env={"EDGEFLEET_AGENT_CRASH_AT": "benchmarking"}).start()
+        assert proc.proc is not None
+        try:
+            assert proc.proc.wait(30) == -9
+            crashes += 1
+        except subprocess.TimeoutExpired:  # still running after 30 s: it no longer crashes
+            survivor = proc
+            break
+    try:
+        _, event = watcher.wait_for(lambda t, m: m["deployment_id"] == deployment.deployment_id
+                                    and m["phase"] == "failed", timeout=30)
+    finally:
+        watcher.close()
+        if survivor is not None:
+            survivor.stop()
+    assert crashes == 3
+    assert "crashed the agent 3 times; rolled back to tiny@1:raspberry-pi-4" in event["error"]
+    assert _assert_complete(data, {"1"}) == "1"

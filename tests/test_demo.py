@@ -29,7 +29,6 @@ def test_the_demo_compiles_deploys_benchmarks_and_reports_three_simulated_device
 
 
 def test_demo_keep_leaves_everything_running_until_stopped(tmp_path: Path) -> None:
-    import signal
     import time
 
     edgefleet = Path(sys.executable).parent / "edgefleet"
@@ -37,14 +36,24 @@ def test_demo_keep_leaves_everything_running_until_stopped(tmp_path: Path) -> No
     with open(log, "w") as out:
         proc = subprocess.Popen([str(edgefleet), "demo", "--keep", "--workdir", str(tmp_path / "w")],
                                 stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while "Press Ctrl-C" not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the demo did not get to the point where it waits"
-        time.sleep(0.5)
+    try:
+        deadline = time.monotonic() + 240
+        while "Press Ctrl-C" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the demo did not get to the point where it waits"
+            time.sleep(0.5)
+        _check_devices_then_stop(proc, tmp_path / "w", log)
+    finally:
+        if proc.poll() is None:  # a failed check: stop the demo the way a user would, so it stops its devices
+            proc.terminate()
+            proc.wait(30)
+
+
+def _check_devices_then_stop(proc: subprocess.Popen[bytes], workdir: Path, log: Path) -> None:
+    import signal
 
     def agents() -> list[str]:
-        found = subprocess.run(["pgrep", "-f", f"edgefleet.agent .*{tmp_path / 'w'}"], capture_output=True, text=True).stdout
+        found = subprocess.run(["pgrep", "-f", f"edgefleet.agent .*{workdir}"], capture_output=True, text=True).stdout
         return found.split()
 
     assert len(agents()) == 3, "three agent processes stay up while the demo waits"
