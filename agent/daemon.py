@@ -37,6 +37,7 @@ from edgefleet.agent.errors import (
 )
 from edgefleet.agent.faults import crash_point
 from edgefleet.agent.install import InstalledPackage, ModelStore
+from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.keys import TrustStore
 from edgefleet.agent.messages import (
     BenchmarkReport,
@@ -58,6 +59,7 @@ from edgefleet.agent.transport import BrokerURL, make_client
 from edgefleet.hardware_profiles import HardwareProfile
 
 _MAX_REMEMBERED_DEPLOYMENTS = 256
+_OUTBOX_WINDOW = 32  # reports in flight at once: enough to keep a link busy, few to resend after a drop
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Agent:
         vcgencmd: str = "vcgencmd",
         stall_timeout: float = 120.0,
         max_crashes: int = 3,
+        outbox_max_messages: int = 10_000,
         system_interval: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -116,7 +119,6 @@ class Agent:
         if max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
         self.max_crashes = max_crashes
-        self._pending_events: list[DeploymentEvent] = []  # to publish once connected
         if system_interval < 0:
             raise ValueError("system_interval must be 0 (no system samples) or a number of seconds")
         self.system_interval = system_interval
@@ -129,6 +131,9 @@ class Agent:
         self.log = logger or logging.getLogger(f"edgefleet.agent.{device_id}")
         self.data_dir = Path(data_dir)
         self.store = ModelStore(self.data_dir)
+        self.outbox = Outbox(self.data_dir / "outbox.sqlite", max_messages=outbox_max_messages)
+        self._in_flight: dict[int, int] = {}  # paho message id -> outbox id, until the broker acknowledges
+        self._last_sent = 0  # the newest outbox id handed to paho on this connection
         self.counters = Counters()
         self._monitor = SystemMonitor(device_id=self.device_id, profile=profile.name, simulated=simulated,
                                       data_dir=self.data_dir, sysfs=Path(sysfs))
@@ -149,6 +154,7 @@ class Agent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -157,7 +163,7 @@ class Agent:
         self.store.clean_up()
         rollback = self._roll_back_after_crashes()
         if rollback is not None:
-            self._pending_events.append(rollback)
+            self.outbox.put(topics.events(self.device_id), rollback.to_bytes())
         self.log.info("agent %s (%s%s) connecting to %s", self.device_id, self.profile.name,
                       ", simulated" if self.simulated else "", self.broker)
         network = threading.Thread(target=self._network, name=f"mqtt-{self.device_id}", daemon=True)
@@ -171,12 +177,17 @@ class Agent:
                     continue
                 self._handle(deployment)
         finally:
+            # Give queued reports a moment to leave; what does not stays on disk for the next start.
+            deadline = time.monotonic() + 3
+            while len(self.outbox) and self._client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.05)
             info = self._client.publish(topics.state(self.device_id), self._state("offline").to_bytes(), qos=1, retain=True)
             if self._client.is_connected():
                 info.wait_for_publish(timeout=5)
             self._client.disconnect()
             self._network_stop.set()
             network.join(timeout=10)
+            self.outbox.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,7 +209,8 @@ class Agent:
                 continue
             rc = mqtt.MQTT_ERR_SUCCESS
             while rc == mqtt.MQTT_ERR_SUCCESS and not self._network_stop.is_set():
-                rc = self._client.loop(timeout=1.0)
+                self._send_outbox()
+                rc = self._client.loop(timeout=0.2)
             if self._stop.is_set() or self._network_stop.is_set():
                 return
             delay = self._backoff.next()
@@ -206,7 +218,26 @@ class Agent:
                              mqtt.error_string(rc), delay)
             self._network_stop.wait(delay)
 
+    def _send_outbox(self) -> None:
+        """Hand paho the oldest queued reports, keeping at most ``_OUTBOX_WINDOW`` unacknowledged."""
+        if not self._client.is_connected():
+            return
+        room = _OUTBOX_WINDOW - len(self._in_flight)
+        if room <= 0:
+            return
+        for message in self.outbox.oldest(room, after=self._last_sent):
+            info = self._client.publish(message.topic, message.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # the connection went; everything not acknowledged goes again after reconnecting
+            self._in_flight[info.mid] = message.id
+            self._last_sent = message.id
+
     # --- MQTT callbacks (paho's network thread) -----------------------------------------
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+        outbox_id = self._in_flight.pop(mid, None)
+        if outbox_id is not None:
+            self.outbox.acknowledge(outbox_id)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
@@ -215,8 +246,9 @@ class Agent:
         self.log.info("connected to %s", self.broker)
         self._backoff.reset()
         client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
-        while self._pending_events:
-            client.publish(topics.events(self.device_id), self._pending_events.pop(0).to_bytes(), qos=1)
+        # What was sent but not acknowledged on the last connection goes again, in order.
+        self._in_flight.clear()
+        self._last_sent = 0
         subscriptions = [(topics.device_deploy(self.device_id), 1)]
         subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
         if self._download is not None:  # resume a transfer the disconnect interrupted
@@ -373,7 +405,7 @@ class Agent:
         )
         self.counters.inferences += 1 + self.settings.warmup + m.runs
         self.counters.benchmarks += 1
-        self._client.publish(topics.telemetry(self.device_id), report.to_bytes(), qos=1)
+        self.outbox.put(topics.telemetry(self.device_id), report.to_bytes())
         self.log.info("benchmark of %s: p50 %.3f ms, p99 %.3f ms, %.0f inf/s, %.2f W (%s)", manifest.package_id,
                       m.latency.p50, m.latency.p99, m.throughput_ips, m.power.watts, m.power.source)
 
@@ -406,8 +438,8 @@ class Agent:
                            runtimes=runtimes.available(), model=model)
 
     def _maybe_sample(self) -> None:
-        """Publish a SystemSample when one is due and the broker is connected (samples are not queued offline)."""
-        if self.system_interval <= 0 or time.monotonic() < self._next_sample or not self._client.is_connected():
+        """Queue a SystemSample when one is due; the outbox keeps it while the broker is unreachable."""
+        if self.system_interval <= 0 or time.monotonic() < self._next_sample:
             return
         self._next_sample = time.monotonic() + self.system_interval
         current = self._current()
@@ -417,7 +449,8 @@ class Agent:
         except OSError as exc:  # e.g. the data directory's filesystem went away
             self.log.warning("no system sample: %s", exc)
             return
-        self._client.publish(topics.system(self.device_id), sample.to_bytes(), qos=1)
+        sample = sample.model_copy(update={"outbox_pending": len(self.outbox), "outbox_dropped": self.outbox.dropped})
+        self.outbox.put(topics.system(self.device_id), sample.to_bytes())
 
     def _publish_state(self) -> None:
         self._client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
@@ -425,7 +458,7 @@ class Agent:
     def _event(self, deployment: Deployment, phase: Phase, error: str = "") -> None:
         event = DeploymentEvent(device_id=self.device_id, deployment_id=deployment.deployment_id,
                                 package_id=deployment.package.id, phase=phase, error=error)
-        self._client.publish(topics.events(self.device_id), event.to_bytes(), qos=1)
+        self.outbox.put(topics.events(self.device_id), event.to_bytes())
 
     def _load_history(self) -> _History:
         try:

@@ -206,4 +206,6 @@ class SystemSample(_Message):
     benchmarks: int = 0
     deployments_done: int = 0
     deployments_failed: int = 0
+    outbox_pending: int = Field(default=0, description="Reports queued on disk, not yet acknowledged by the broker.")
+    outbox_dropped: int = Field(default=0, description="Reports dropped because the outbox was full, ever.")
     ts: float = Field(default_factory=time.time)
