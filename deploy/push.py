@@ -30,17 +30,15 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.agent import topics
-from edgefleet.agent.errors import IntegrityError, MessageError, TransportError
+from edgefleet.agent.errors import IntegrityError, MessageError
 from edgefleet.agent.messages import (
     Deployment,
     DeploymentEvent,
@@ -50,23 +48,13 @@ from edgefleet.agent.messages import (
     parse,
 )
 from edgefleet.agent.package import Manifest, read_manifest
-from edgefleet.agent.transport import BrokerURL, make_client
+from edgefleet.agent.transport import BrokerURL
+from edgefleet.deploy.link import BrokerLink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
-# QoS 1 messages in flight before we wait for acknowledgements: bounds memory for big packages
-# while keeping the pipe full (make_client lets paho keep 64 in flight).
-_WINDOW = 64
 _TERMINAL = frozenset({Phase.DONE, Phase.FAILED})
-
-
-class PushError(TransportError):
-    """The broker was unreachable, refused the connection, or did not acknowledge in time."""
-
-    def __init__(self, message: str, *, broker: BrokerURL) -> None:
-        super().__init__(message)
-        self.broker = broker
 
 
 def new_deployment_id() -> str:
@@ -113,10 +101,10 @@ def push_package(
     deployment = Deployment(
         deployment_id=deployment_id or new_deployment_id(), package=ref, profile=manifest.target.profile
     )
-    with _Link(broker, timeout=timeout) as link:
-        link.publish_retained(_chunk_messages(Path(package), ref), total=ref.chunk_count())
+    with BrokerLink(broker, timeout=timeout) as link:
+        link.publish(_chunk_messages(Path(package), ref), total=ref.chunk_count())
         # Only now announce it: a device that sees the deployment must find every chunk retained.
-        link.publish_retained([(deploy_topic, deployment.to_bytes())], total=1, what="the deployment")
+        link.publish([(deploy_topic, deployment.to_bytes())], total=1, what="the deployment")
     log.info(
         "pushed %s (%d bytes, %d chunks) to %s as deployment %s",
         ref.id, ref.size, ref.chunk_count(), deploy_topic, deployment.deployment_id,
@@ -139,15 +127,15 @@ def clear_deployment(
     if group is not None and profile is None:
         raise ValueError("a group's deployments are per profile: name the profile to clear")
     topic = _deploy_topic(device, group, profile or "")
-    with _Link(broker, timeout=timeout) as link:
-        link.publish_retained([(topic, b"")], total=1, what="the deployment")
+    with BrokerLink(broker, timeout=timeout) as link:
+        link.publish([(topic, b"")], total=1, what="the deployment")
 
 
 def clear_package(broker: BrokerURL, package: PackageRef, *, timeout: float = 30) -> None:
     """Remove a package's retained chunks from the broker, freeing its memory."""
     messages = ((topics.package_chunk(package.sha256, i), b"") for i in range(package.chunk_count()))
-    with _Link(broker, timeout=timeout) as link:
-        link.publish_retained(messages, total=package.chunk_count())
+    with BrokerLink(broker, timeout=timeout) as link:
+        link.publish(messages, total=package.chunk_count())
 
 
 # --- following a deployment --------------------------------------------------------------
@@ -181,13 +169,13 @@ class DeploymentWatcher:
     def __init__(self, broker: BrokerURL, *, timeout: float = 30) -> None:
         self.broker = broker
         self.timeout = timeout
-        self._link: _Link | None = None
+        self._link: BrokerLink | None = None
         self._cond = threading.Condition()
         self._events: list[DeploymentEvent] = []
 
     def start(self) -> DeploymentWatcher:
         """Connect and subscribe; returns once the broker has confirmed the subscription."""
-        link = _Link(self.broker, timeout=self.timeout, subscribe=[topics.ALL_EVENTS], on_message=self._on_message)
+        link = BrokerLink(self.broker, timeout=self.timeout, subscribe=[topics.ALL_EVENTS], on_message=self._on_message)
         link.open()
         self._link = link
         return self
@@ -287,7 +275,7 @@ def fleet_states(broker: BrokerURL, *, settle: float = 0.5, timeout: float = 5.0
             return
         states[state.device_id] = state
 
-    with _Link(broker, timeout=timeout, subscribe=[topics.ALL_STATES], on_message=on_message):
+    with BrokerLink(broker, timeout=timeout, subscribe=[topics.ALL_STATES], on_message=on_message):
         deadline = time.monotonic() + timeout
         last[0] = time.monotonic()
         while time.monotonic() < min(deadline, last[0] + settle):
@@ -332,118 +320,3 @@ def _chunk_messages(path: Path, ref: PackageRef) -> Iterator[tuple[str, bytes]]:
         raise IntegrityError(f"{path} changed while it was being pushed; push it again", path=str(path))
 
 
-class _Link:
-    """A paho client, connected (CONNACK received) with its network loop in a thread.
-
-    Subscriptions are made in on_connect so they come back after paho reconnects.
-    """
-
-    def __init__(
-        self,
-        broker: BrokerURL,
-        *,
-        timeout: float,
-        subscribe: Sequence[str] = (),
-        on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
-    ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        self.broker = broker
-        self.timeout = timeout
-        self._subscribe = list(subscribe)
-        self._on_message = on_message
-        self._client = make_client(broker)
-        self._cond = threading.Condition()
-        self._connack: Any = None
-        self._suback = False
-        self._acked: set[int] = set()
-        self._disconnect_reason = ""
-
-    # paho callbacks, on its network thread
-    def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure and self._subscribe:
-            client.subscribe([(t, 1) for t in self._subscribe])
-        with self._cond:
-            self._connack = reason
-            self._cond.notify_all()
-
-    def _subscribed(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        with self._cond:
-            self._suback = True
-            self._cond.notify_all()
-
-    def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        with self._cond:
-            self._acked.add(mid)
-            self._cond.notify_all()
-
-    def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._disconnect_reason = str(reason)
-        log.debug("disconnected from %s: %s", self.broker, reason)
-
-    def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._on_message(message)
-
-    def open(self) -> _Link:
-        c = self._client
-        c.on_connect, c.on_subscribe, c.on_publish = self._connected, self._subscribed, self._published
-        c.on_disconnect, c.on_message = self._disconnected, self._message
-        c.connect_timeout = self.timeout
-        try:
-            c.connect(self.broker.host, self.broker.port, keepalive=30)
-        except OSError as exc:  # refused, unresolvable host, TLS failure, socket timeout
-            raise self._error(f"cannot reach the MQTT broker at {self.broker} ({exc.strerror or exc})") from None
-        c.loop_start()
-        try:
-            with self._cond:
-                if not self._cond.wait_for(lambda: self._connack is not None, self.timeout):
-                    raise self._error(f"the MQTT broker at {self.broker} did not answer within {self.timeout:g}s")
-                if self._connack.is_failure:
-                    raise self._error(f"the MQTT broker at {self.broker} refused the connection: {self._connack}")
-                if self._subscribe and not self._cond.wait_for(lambda: self._suback, self.timeout):
-                    raise self._error(f"the MQTT broker at {self.broker} did not confirm the subscription within {self.timeout:g}s")
-        except PushError:
-            self.close()
-            raise
-        return self
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def __enter__(self) -> _Link:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def publish_retained(self, messages: Iterable[tuple[str, bytes]], *, total: int, what: str = "chunk") -> None:
-        """Publish retained at QoS 1 and return once the broker has acknowledged every message."""
-        pending: deque[tuple[int, int]] = deque()  # (message number, mid)
-        for n, (topic, payload) in enumerate(messages):
-            # rc may say "no connection" mid-reconnect; paho still queues a QoS 1 message and sends it later.
-            info = self._client.publish(topic, payload, qos=1, retain=True)
-            pending.append((n, info.mid))
-            while len(pending) >= _WINDOW:
-                self._wait_ack(*pending.popleft(), total=total, what=what)
-        while pending:
-            self._wait_ack(*pending.popleft(), total=total, what=what)
-
-    def _wait_ack(self, n: int, mid: int, *, total: int, what: str) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._acked, self.timeout):
-                which = f"{what} {n + 1}/{total}" if total > 1 else what
-                lost = f" (connection lost: {self._disconnect_reason})" if self._disconnect_reason else ""
-                raise self._error(
-                    f"the MQTT broker at {self.broker} did not acknowledge {which} within {self.timeout:g}s{lost}",
-                    hint=False,
-                )
-            self._acked.discard(mid)
-
-    def _error(self, message: str, *, hint: bool = True) -> PushError:
-        if hint:  # the usual cause on a first run: no broker yet, or another one than intended
-            message += "; start one with `edgefleet broker`, or point --broker (or EDGEFLEET_BROKER) at yours"
-        return PushError(message, broker=self.broker)

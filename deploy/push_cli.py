@@ -16,12 +16,12 @@ from edgefleet.agent import topics
 from edgefleet.agent.errors import PackageError
 from edgefleet.agent.messages import Deployment, DeploymentEvent, DeviceState
 from edgefleet.agent.transport import BrokerURL
+from edgefleet.deploy.link import PushError
 from edgefleet.deploy.options import ByteSize, broker_option, format_bytes, json_option
 from edgefleet.deploy.push import (
     DEFAULT_CHUNK_SIZE,
     DeploymentWatcher,
     DeviceOutcome,
-    PushError,
     fleet_states,
     push_package,
 )

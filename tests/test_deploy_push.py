@@ -13,14 +13,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
-
+from conftest import free_port
 from edgefleet.agent import topics
 from edgefleet.agent.messages import Deployment, Phase, parse
 from edgefleet.agent.package import file_sha256
 from edgefleet.agent.transport import BrokerURL, make_client
+from edgefleet.deploy.link import PushError
 from edgefleet.deploy.push import (
     DeploymentWatcher,
-    PushError,
     clear_deployment,
     clear_package,
     fleet_states,
@@ -28,8 +28,6 @@ from edgefleet.deploy.push import (
     wait_for_devices,
 )
 from edgefleet.deploy.push_cli import push
-
-from conftest import free_port
 from test_deploy_support import Subscriber, event, make_package, publish, state
 
 
