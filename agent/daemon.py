@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.keys import TrustStore
 from edgefleet.agent.messages import (
     BenchmarkReport,
+    BenchmarkRequest,
     Deployment,
     DeploymentEvent,
     DeviceState,
@@ -142,7 +143,8 @@ class Agent:
         # A simulated device reports no temperatures: the host's say nothing about the board it pretends to be.
         self.probe = None if simulated else DeviceProbe(sysfs=Path(sysfs), vcgencmd=vcgencmd)
         self._state_path = self.data_dir / "agent-state.json"
-        self._deployments: queue.Queue[Deployment] = queue.Queue()
+        self._jobs: queue.Queue[Deployment | BenchmarkRequest] = queue.Queue()  # handled one at a time
+        self.candidates = ModelStore(self.data_dir / "candidates", keep=1)
         self._download: ChunkedDownload | None = None
         self._chunk_arrived = threading.Event()
         self._stop = threading.Event()
@@ -172,10 +174,13 @@ class Agent:
             while not self._stop.is_set():
                 self._maybe_sample()
                 try:
-                    deployment = self._deployments.get(timeout=0.5)
+                    job = self._jobs.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                self._handle(deployment)
+                if isinstance(job, BenchmarkRequest):
+                    self._handle_request(job)
+                else:
+                    self._handle(job)
         finally:
             # Give queued reports a moment to leave; what does not stays on disk for the next start.
             deadline = time.monotonic() + 3
@@ -249,7 +254,7 @@ class Agent:
         # What was sent but not acknowledged on the last connection goes again, in order.
         self._in_flight.clear()
         self._last_sent = 0
-        subscriptions = [(topics.device_deploy(self.device_id), 1)]
+        subscriptions = [(topics.device_deploy(self.device_id), 1), (topics.benchmark_requests(self.device_id), 1)]
         subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
         if self._download is not None:  # resume a transfer the disconnect interrupted
             subscriptions.append((topics.package_chunks(self._download.ref.sha256), 1))
@@ -267,7 +272,9 @@ class Agent:
             if "/packages/" in msg.topic:
                 self._on_chunk(msg.topic, msg.payload)
             elif msg.topic.endswith("/deploy"):
-                self._deployments.put(parse(Deployment, msg.payload, topic=msg.topic))
+                self._jobs.put(parse(Deployment, msg.payload, topic=msg.topic))
+            elif msg.topic == topics.benchmark_requests(self.device_id):
+                self._jobs.put(parse(BenchmarkRequest, msg.payload, topic=msg.topic))
             else:
                 self.log.warning("ignoring a message on unexpected topic %s", msg.topic)
         except (MessageError, IntegrityError, ValueError) as exc:
@@ -300,7 +307,7 @@ class Agent:
             else:
                 self._install(deployment, current)
             self._event(deployment, Phase.BENCHMARKING)
-            self._benchmark()
+            self._benchmark_current()
             self._event(deployment, Phase.DONE)
             self.counters.deployments_done += 1
         except (PackageError, RuntimeLoadError, BenchmarkError, TransportError) as exc:
@@ -313,21 +320,48 @@ class Agent:
             self._remember(deployment)
             self._publish_state()
 
-    def _install(self, deployment: Deployment, previous: InstalledPackage | None) -> None:
-        ref = deployment.package
-        self._event(deployment, Phase.DOWNLOADING)
-        package_path = self._fetch(ref)
+    def _handle_request(self, request: BenchmarkRequest) -> None:
+        """Benchmark a package on demand, beside the serving model, and remove it afterwards."""
+        ref = request.package
         try:
-            self._event(deployment, Phase.VERIFYING)
+            if request.profile != self.profile.name:
+                raise PackageError(f"package {ref.id} was compiled for {request.profile}, this device is {self.profile.name}")
+            self._event(request, Phase.DOWNLOADING)
+            candidate = self._fetch_and_stage(request, self.candidates)
+            try:
+                settings = replace(self.settings, **{k: v for k, v in (("warmup", request.warmup), ("runs", request.runs),
+                                                                        ("threads", request.threads)) if v is not None})
+                model = runtimes.load(candidate.model_path, candidate.manifest.target.runtime, threads=settings.threads)
+                self._check_test_vectors(candidate, model)
+                self._event(request, Phase.BENCHMARKING)
+                self._benchmark(candidate, settings, request_id=request.request_id)
+            finally:
+                self.candidates.discard(candidate)
+            self._event(request, Phase.DONE)
+        except (PackageError, RuntimeLoadError, BenchmarkError, TransportError, ValueError) as exc:
+            self.log.error("benchmark request %s for %s failed: %s", request.request_id, ref.id, exc)
+            self._event(request, Phase.FAILED, error=str(exc))
+
+    def _fetch_and_stage(self, job: Deployment | BenchmarkRequest, store: ModelStore) -> InstalledPackage:
+        """Download, verify and unpack a package into ``store`` (not yet serving)."""
+        package_path = self._fetch(job.package)
+        try:
+            self._event(job, Phase.VERIFYING)
             manifest = verify_package(package_path, self.trust)
             crash_point("verified")
             if manifest.target.profile != self.profile.name:
                 raise PackageError(f"package {manifest.package_id} was compiled for {manifest.target.profile}, "
                                    f"this device is {self.profile.name}: push the package built for its profile")
-            self._event(deployment, Phase.INSTALLING)
-            staged = self.store.stage(package_path, manifest, ref.sha256)
+            self._event(job, Phase.INSTALLING)
+            return store.stage(package_path, manifest, job.package.sha256)
         finally:
             package_path.unlink(missing_ok=True)
+
+    def _install(self, deployment: Deployment, previous: InstalledPackage | None) -> None:
+        ref = deployment.package
+        self._event(deployment, Phase.DOWNLOADING)
+        staged = self._fetch_and_stage(deployment, self.store)
+        manifest = staged.manifest
         try:
             model = runtimes.load(staged.model_path, manifest.target.runtime, threads=self.settings.threads)
             self._check_test_vectors(staged, model)
@@ -380,34 +414,40 @@ class Agent:
                     raise PackageError(f"test vector {i}, output {k}: max error {err:.3g} exceeds "
                                        f"rtol={spec.rtol} atol={spec.atol}; the model does not run correctly here")
 
-    def _benchmark(self) -> None:
+    def _benchmark_current(self) -> None:
         installed = self._current()
         if installed is None:
             raise BenchmarkError("no model is installed")
+        self._model = self._benchmark(installed, self.settings)
+
+    def _benchmark(self, installed: InstalledPackage, settings: BenchmarkSettings,
+                   request_id: str | None = None) -> LoadedModel:
+        """Load ``installed`` afresh (the load time is part of the report), measure it, queue the report."""
         manifest = installed.manifest
         feeds = self._benchmark_inputs(installed)
         t0 = time.perf_counter()
-        model = runtimes.load(installed.model_path, manifest.target.runtime, threads=self.settings.threads)
+        model = runtimes.load(installed.model_path, manifest.target.runtime, threads=settings.threads)
         load_ms = (time.perf_counter() - t0) * 1e3
-        self._model = model
         crash_point("benchmarking")
-        m = measure(model, feeds, self.settings, self.power, self.profile.cpu.cores,
+        m = measure(model, feeds, settings, self.power, self.profile.cpu.cores,
                     fallback=ProfileEstimate(self.profile), probe=self.probe, logger=self.log)
         report = BenchmarkReport(
             device_id=self.device_id, profile=self.profile.name, simulated=self.simulated,
             package_id=manifest.package_id, model_name=manifest.name, model_version=manifest.version,
             runtime=model.runtime, runtime_version=model.version, threads=model.threads,
-            warmup=self.settings.warmup, runs=m.runs, load_ms=load_ms, first_inference_ms=m.first_inference_ms,
+            warmup=settings.warmup, runs=m.runs, request_id=request_id, load_ms=load_ms,
+            first_inference_ms=m.first_inference_ms,
             latency_ms=m.latency, throughput_ips=m.throughput_ips, peak_rss_mb=m.peak_rss_mb,
             cpu_percent=m.cpu_percent, power=m.power, energy_mj=m.energy_mj,
             energy_above_idle_mj=m.energy_above_idle_mj, temperature_before_c=m.temperature_before_c,
             temperature_after_c=m.temperature_after_c, throttled=m.throttled, governor=m.governor,
         )
-        self.counters.inferences += 1 + self.settings.warmup + m.runs
+        self.counters.inferences += 1 + settings.warmup + m.runs
         self.counters.benchmarks += 1
         self.outbox.put(topics.telemetry(self.device_id), report.to_bytes())
         self.log.info("benchmark of %s: p50 %.3f ms, p99 %.3f ms, %.0f inf/s, %.2f W (%s)", manifest.package_id,
                       m.latency.p50, m.latency.p99, m.throughput_ips, m.power.watts, m.power.source)
+        return model
 
     def _benchmark_inputs(self, installed: InstalledPackage) -> dict[str, np.ndarray]:
         spec = installed.manifest.test_vectors
@@ -455,9 +495,10 @@ class Agent:
     def _publish_state(self) -> None:
         self._client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
 
-    def _event(self, deployment: Deployment, phase: Phase, error: str = "") -> None:
-        event = DeploymentEvent(device_id=self.device_id, deployment_id=deployment.deployment_id,
-                                package_id=deployment.package.id, phase=phase, error=error)
+    def _event(self, job: Deployment | BenchmarkRequest, phase: Phase, error: str = "") -> None:
+        job_id = job.deployment_id if isinstance(job, Deployment) else job.request_id
+        event = DeploymentEvent(device_id=self.device_id, deployment_id=job_id,
+                                package_id=job.package.id, phase=phase, error=error)
         self.outbox.put(topics.events(self.device_id), event.to_bytes())
 
     def _load_history(self) -> _History:

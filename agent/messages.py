@@ -69,6 +69,25 @@ class Deployment(_Message):
     issued_at: float = Field(default_factory=time.time)
 
 
+class BenchmarkRequest(_Message):
+    """Benchmark this package now, without installing it as the serving model. Not retained.
+
+    The package travels as for a deployment (retained chunks); the device answers with a
+    ``BenchmarkReport`` carrying ``request_id``, and with ``DeploymentEvent`` progress under the
+    same id. Settings left out use the agent's own.
+    """
+
+    kind: Literal["benchmark_request"] = "benchmark_request"
+    protocol: int = PROTOCOL
+    request_id: str = Field(min_length=1, max_length=128)
+    package: PackageRef
+    profile: str
+    warmup: int | None = Field(default=None, ge=0)
+    runs: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=0)
+    issued_at: float = Field(default_factory=time.time)
+
+
 # --- device -> fleet ---------------------------------------------------------------------
 
 
@@ -166,6 +185,7 @@ class BenchmarkReport(_Message):
     cpu_percent: float = Field(description="Process CPU time over wall time during the timed runs (100 = one core).")
     power: PowerReading
     energy_mj: float = Field(description="Energy per inference, millijoules: power x mean latency.")
+    request_id: str | None = Field(default=None, description="Set when the benchmark answers a BenchmarkRequest.")
     ts: float = Field(default_factory=time.time)
     energy_above_idle_mj: float | None = Field(
         default=None, description="Energy per inference above the idle baseline: (power - idle power) x mean latency.")

@@ -8,6 +8,7 @@ versions side by side during an upgrade.
     edgefleet/v1/devices/{device}/system       device -> fleet  periodic health samples (SystemSample), QoS 1
     edgefleet/v1/devices/{device}/events       device -> fleet  deployment progress and refusals, QoS 1
     edgefleet/v1/devices/{device}/deploy       fleet -> device  retained: the deployment this device should run
+    edgefleet/v1/devices/{device}/benchmark    fleet -> device  not retained: benchmark a package without installing it
     edgefleet/v1/groups/{group}/{profile}/deploy
                                                fleet -> devices retained: the same, for the members of a group
                                                                 with that profile (packages are per profile)
@@ -55,6 +56,10 @@ def events(device: str) -> str:
 
 def device_deploy(device: str) -> str:
     return f"{ROOT}/devices/{device}/deploy"
+
+
+def benchmark_requests(device: str) -> str:
+    return f"{ROOT}/devices/{device}/benchmark"
 
 
 def group_deploy(group: str, profile: str) -> str:

@@ -102,7 +102,7 @@ def push_package(
         deployment_id=deployment_id or new_deployment_id(), package=ref, profile=manifest.target.profile
     )
     with BrokerLink(broker, timeout=timeout) as link:
-        link.publish(_chunk_messages(Path(package), ref), total=ref.chunk_count())
+        link.publish(chunk_messages(Path(package), ref), total=ref.chunk_count())
         # Only now announce it: a device that sees the deployment must find every chunk retained.
         link.publish([(deploy_topic, deployment.to_bytes())], total=1, what="the deployment")
     log.info(
@@ -308,7 +308,7 @@ def _read_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _chunk_messages(path: Path, ref: PackageRef) -> Iterator[tuple[str, bytes]]:
+def chunk_messages(path: Path, ref: PackageRef) -> Iterator[tuple[str, bytes]]:
     count = 0
     for i, chunk in enumerate(_read_chunks(path, ref.chunk_size)):
         # Hashed twice (here and in describe_package) so a file rewritten mid-push is caught, not shipped.
