@@ -7,8 +7,9 @@
     fidelity.py      how closely a candidate follows the original: top-1 agreement, SQNR, cosine
     stats.py         parameters, size and a rough activation-memory peak of a model
     planner.py       choose a candidate per profile within the fidelity budget and the device's limits
-    targets.py       runtime name -> exporter (onnxruntime now; LiteRT once TFLite quantization lands)
-    tflite/          ONNX -> TFLite without TensorFlow, written with the LiteRT schema bindings
+    targets.py       runtime name -> exporter: onnxruntime, LiteRT (TFLite Micro still to come)
+    tflite/          ONNX -> TFLite without TensorFlow (LiteRT schema bindings), quantized with ai-edge-quantizer
+    compress.py      pipelines of compression passes (`edgefleet compress`); entropy.py measures artifact coding
     packaging.py     manifest, test vectors and tolerances for the chosen candidate
     report.py        the candidate table, as rows for JSON and the manifest, or as text
     model_zoo.py     small trained models made by code (digits MLP and CNN) and test architectures

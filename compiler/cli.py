@@ -1,4 +1,4 @@
-"""``edgefleet compile`` and ``edgefleet keys``: thin commands over ``compile_model`` and ``agent.keys``.
+"""``edgefleet compile``, ``edgefleet convert`` and ``edgefleet keys``: thin commands over ``compile_model`` and ``agent.keys``.
 
 The commands parse options, read the environment (``EDGEFLEET_HOME`` for the default signing
 key), call the library, print its result as a table or JSON, and turn the library's errors into
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from edgefleet.compiler.errors import CompileError
+from edgefleet.compiler.errors import CalibrationError, CompileError
 from edgefleet.compiler.planner import DEFAULT_BUDGET, Budget
 from edgefleet.compiler.report import render
 from edgefleet.compiler.signing import default_key_path, ensure_key
@@ -61,10 +61,14 @@ def compile_command(
     """Compress an ONNX model for hardware profiles and write one signed package per profile.
 
     \b
-    Candidates, each measured against the original on held-out samples:
-      fp32           the model as it is
-      int8-static    weights and activations int8, calibrated on --calibration data (QDQ)
-      int8-dynamic   int8 weights, activations quantized at run time (no data needed)
+    Candidates, each measured against the original on held-out samples, in the profile's
+    first runtime (onnxruntime for Raspberry Pis and Linux hosts, LiteRT for phones):
+      fp32                 the model as it is
+      int8-static          weights and activations int8, calibrated on --calibration data (QDQ)
+      int8-dynamic         int8 weights, activations quantized at run time (no data needed)
+      litert-fp16          TFLite with float16 weights (phones' GPU delegates run fp16 fast)
+      litert-int8-static   full-integer TFLite, calibrated (NPUs and CPUs run int8 fast)
+      litert-int8-dynamic  TFLite with int8 weights, float activations
     Per profile, the chosen candidate meets the fidelity budget (top-1 agreement >= 99% for
     classifiers, else SQNR >= 30 dB) and the profile's storage and RAM; formats the profile runs
     fast come first, then static over dynamic quantization, then the smaller model. The table
@@ -149,24 +153,40 @@ def keys_generate(path: Path) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Static shape for an input with dynamic dimensions, e.g. input:1,3,224,224 (repeatable). "
                    "Without it a symbolic batch dimension becomes 1.")
+@click.option("--quantize", "mode", type=click.Choice(["fp16", "dynamic", "int8", "int16x8", "int4"]), default=None,
+              help="Quantize the TFLite model with ai-edge-quantizer: fp16 weights; dynamic (int8 weights, float "
+                   "activations); int8 (full integer, calibrated); int16x8 (int16 activations, int8 weights, "
+                   "calibrated); int4 (weight-only int4). Inputs and outputs stay float32.")
+@click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
+              help="Real input samples (.npz keyed by input name, or .npy) for --quantize int8/int16x8 (required "
+                   "there); a quarter is held out to measure fidelity, on random inputs otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
-def convert_command(model: Path, out_path: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
-    """Convert an ONNX model to TFLite (float32) without TensorFlow, and check it against onnxruntime.
+def convert_command(
+    model: Path, out_path: Path, input_shapes: tuple[str, ...], mode: str | None, calibration: Path | None, as_json: bool
+) -> None:
+    """Convert an ONNX model to TFLite without TensorFlow, optionally quantize it, and check it.
 
     \b
     Inputs and outputs keep the ONNX names and shapes (NCHW stays NCHW at the interface); inside,
     convolutions run NHWC. Prints the operator count, the file size and the largest relative
-    error of LiteRT against onnxruntime on 3 random inputs. docs/converter.md lists the supported ops.
+    error of LiteRT against onnxruntime on 3 random inputs. With --quantize it also prints the
+    quantized size and its fidelity against the fp32 original (top-1 agreement for classifiers,
+    SQNR, the largest absolute error), measured in LiteRT. docs/converter.md lists the supported
+    ops and the quantization modes.
 
     \b
     Examples:
       edgefleet convert model.onnx -o model.tflite
       edgefleet convert model.onnx -o model.tflite --input-shape input:1,3,224,224 --json
+      edgefleet convert model.onnx -o model-int8.tflite --quantize int8 --calibration samples.npz
     """
     import onnx
     from google.protobuf.message import DecodeError
 
+    from edgefleet.compiler import calibration as calibration_data
+    from edgefleet.compiler import inference
     from edgefleet.compiler.tflite import convert
+    from edgefleet.compiler.tflite.quantize import Mode, evaluate, quantize
     from edgefleet.compiler.tflite.verify import compare
 
     def fail(message: str, kind: str) -> click.ClickException:
@@ -178,33 +198,63 @@ def convert_command(model: Path, out_path: Path, input_shapes: tuple[str, ...], 
         shapes = dict(_parse_input_shape(text) for text in input_shapes)
     except ValueError as exc:
         raise fail(str(exc), "UsageError") from None
+    if mode is not None and Mode(mode).needs_calibration and calibration is None:
+        raise fail(f"--quantize {mode} quantizes activations and needs --calibration DATA (an .npz of real input "
+                   "samples keyed by input name, or .npy) to fit their ranges; or use --quantize fp16 or dynamic",
+                   "UsageError")
     try:
         proto = onnx.load(str(model))
     except (OSError, DecodeError, ValueError) as exc:
         raise fail(f"{model}: cannot read an ONNX model: {exc}", "ModelError") from None
     try:
         result = convert(proto, input_shapes=shapes or None)
+        data = calibration_data.load_dataset(calibration, result.inputs) if calibration is not None else None
+        quantized = None
+        if mode is not None:
+            calib, held_out = calibration_data.split(data) if data is not None else (None, calibration_data.synthetic(result.inputs))
+            quantized = quantize(result.tflite_bytes, mode, calibration=list(calib.feeds()) if calib else None)
+            feeds = list(held_out.feeds())
+            names = [s.name for s in result.outputs]
+            fidelity = evaluate(inference.run_model(proto, feeds), quantized.tflite_bytes, feeds, names,
+                                synthetic=held_out.synthetic, labels=held_out.labels)
+    except CalibrationError as exc:
+        raise fail(str(exc), type(exc).__name__) from None
     except CompileError as exc:
         raise fail(f"{model}: {exc}", type(exc).__name__) from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(result.tflite_bytes)
+    out_path.write_bytes(quantized.tflite_bytes if quantized else result.tflite_bytes)
     comparison = compare(proto, result.tflite_bytes, result.inputs)
     report = result.report
     if as_json:
-        click.echo(json.dumps({
+        payload = {
             "ok": True, "model": str(model), "out": str(out_path), **report.to_dict(),
             "inputs": [s.model_dump() for s in result.inputs], "outputs": [s.model_dump() for s in result.outputs],
             "samples": comparison.samples, "max_rel_error": comparison.max_rel_error, "errors": comparison.errors,
-        }, indent=2))
+        }
+        if quantized is not None:
+            payload["quantization"] = {**quantized.to_dict(), "fidelity": fidelity.to_dict()}
+        click.echo(json.dumps(payload, indent=2))
         return
     ops = ", ".join(f"{name} {count}" for name, count in report.op_counts.items())
-    click.echo(f"wrote {out_path}: {report.operators} operators, {report.size_bytes / 1024:.1f} KiB ({report.size_bytes} bytes)")
+    what = f"fp32, {report.operators} operators" if quantized is None else f"{mode}, converted to {report.operators} fp32 operators"
+    size = quantized.size_bytes if quantized else report.size_bytes
+    click.echo(f"wrote {out_path}: {what}, {size / 1024:.1f} KiB ({size} bytes)")
     click.echo(f"  operators: {ops}")
     for spec in result.inputs:
         click.echo(f"  input  {spec.name} {spec.dtype}{spec.shape}")
     for spec in result.outputs:
         click.echo(f"  output {spec.name} {spec.dtype}{spec.shape}")
     click.echo(f"  max relative error vs onnxruntime on {comparison.samples} random inputs: {comparison.max_rel_error:.2e}")
+    if quantized is not None:
+        on = f"{fidelity.samples} {'random' if fidelity.synthetic else 'held-out'} inputs"
+        click.echo(f"  quantized ({quantized.recipe}): {quantized.float_size_bytes} -> {quantized.size_bytes} bytes "
+                   f"({quantized.float_size_bytes / quantized.size_bytes:.2f}x smaller; constants "
+                   f"{quantized.float_constant_bytes / max(quantized.constant_bytes, 1):.2f}x) in {quantized.seconds:.2f}s")
+        agreement = f"top-1 agreement {100 * fidelity.top1_agreement:.2f}%, " if fidelity.top1_agreement is not None else ""
+        sqnr = "exact" if fidelity.sqnr_db is None else f"{fidelity.sqnr_db:.1f} dB"
+        click.echo(f"  fidelity vs fp32 on {on}: {agreement}SQNR {sqnr}, max abs error {fidelity.max_abs_error:.4g}")
+        for note in quantized.notes:
+            click.echo(textwrap.fill(note, width=100, initial_indent="  note: ", subsequent_indent="        "))
     for note in report.notes:
         click.echo(textwrap.fill(note, width=100, initial_indent="  note: ", subsequent_indent="        "))
 

@@ -5,12 +5,17 @@ The steps, each in its own module:
 1. resolve the profiles and their runtime targets (fail before any work if one cannot be served),
 2. load and check the model, fixing a symbolic batch dimension to 1 (``onnx_model``),
 3. load calibration data and split off held-out samples, or fall back to random inputs (``calibration``),
-4. run every candidate pass on the original model and measure it (``passes``),
-5. choose a candidate per profile (``planner``), and fail if any profile has none,
+4. run every candidate pass on the original model and measure it (``passes``); when a profile is
+   served by LiteRT, also convert the model to TFLite, quantize it with ai-edge-quantizer and
+   measure each TFLite candidate in LiteRT (``tflite.candidates``),
+5. choose a candidate per profile among its runtime's candidates (``planner``), and fail if any
+   profile has none,
 6. export, attach test vectors, sign and write ``OUT/<name>-<profile>.efpkg`` (``targets``, ``packaging``).
 
 Candidates do not depend on the profile (the same int8 model serves every onnxruntime device), so
-they are computed once and judged per profile.
+they are computed once per runtime and judged per profile. ``candidates`` mixes both families:
+ONNX passes (``passes.PASSES``) for onnxruntime, ``LiteRTConfig``s for LiteRT; fp32 is the
+reference of both.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ from edgefleet.compiler.onnx_model import LoadedModel, load_model
 from edgefleet.compiler.passes import PASSES, Fp32Config, PassConfig, PassData, PassResult
 from edgefleet.compiler.passes.quantize import DynamicInt8Config, StaticInt8Config
 from edgefleet.compiler.planner import Budget, Candidate, Plan
-from edgefleet.compiler.targets import Exporter, exporter_for
+from edgefleet.compiler.targets import EXPORTERS, Artifact, Exporter, exporter_for
+from edgefleet.compiler.tflite.candidates import DEFAULT_LITERT_CANDIDATES, LiteRTCandidate, litert_candidates
+from edgefleet.compiler.tflite.errors import ConversionError
 from edgefleet.hardware_profiles import HardwareProfile, load_profile
+from edgefleet.hardware_profiles.schema import Runtime
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CANDIDATES: tuple[PassConfig, ...] = (Fp32Config(), StaticInt8Config(), DynamicInt8Config())
+DEFAULT_CANDIDATES: tuple[PassConfig, ...] = (Fp32Config(), StaticInt8Config(), DynamicInt8Config(), *DEFAULT_LITERT_CANDIDATES)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -106,23 +114,37 @@ def compile_model(
 
     reference = tuple(inference.run_model(loaded.model, list(held_out.feeds()), progress=progress, desc="reference"))
     data = PassData(evaluation=held_out, calibration=calib, reference=reference)
-    results, skipped = _run_candidates(loaded, data, candidates, progress=progress)
-    reference_size = results[planner.REFERENCE].report.size_bytes
-    measured = [_candidate(r) for r in results.values()]
+    onnx_configs = [c for c in candidates if c.scheme in PASSES]
+    results, skipped = _run_candidates(loaded, data, onnx_configs, progress=progress)
+    measured = {Runtime.ONNXRUNTIME: [_candidate(r) for r in results.values()]}
+    reference_sizes = {Runtime.ONNXRUNTIME: results[planner.REFERENCE].report.size_bytes}
+    tflite: dict[str, LiteRTCandidate] = {}
+    if any(exporter.runtime is Runtime.LITERT for _, exporter, _ in targets):
+        fp32 = _candidate(results[planner.REFERENCE])
+        try:
+            tflite, litert_skipped = litert_candidates(fp32, loaded.model, loaded.inputs, data, candidates)
+        except ConversionError as exc:
+            targets = [_without_litert(t, exc) for t in targets]
+        else:
+            skipped.update(litert_skipped)
+            measured[Runtime.LITERT] = [c.candidate for c in tflite.values()]
+            reference_sizes[Runtime.LITERT] = tflite[planner.REFERENCE].candidate.size_bytes
 
     plans = {
-        p.name: planner.plan(measured, p, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats)
+        p.name: planner.plan(measured[exporter.runtime], p, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats)
         for p, exporter, _ in targets
     }
     failed = [plan for plan in plans.values() if plan.chosen is None]
     if failed:
-        tables = "\n\n".join(report.render(plan, reference_size=reference_size) for plan in failed)
+        tables = "\n\n".join(
+            report.render(plan, reference_size=reference_sizes[Runtime(plan.runtime)]) for plan in failed
+        )
         raise NoCandidateFits(f"no candidate fits {', '.join(p.profile for p in failed)}:\n{tables}", plans=list(plans.values()))
 
     extra = {
         "model": {"file": model_path.name, "sha256": file_sha256(model_path)},
         # int8 kernels differ by CPU (see packaging), so fidelity figures name where they were measured.
-        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__},
+        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, **_litert_version(tflite)},
         "evaluation": held_out.describe(),
         "calibration": calib.describe() if calib else None,
         "skipped": skipped,
@@ -131,14 +153,52 @@ def compile_model(
     for profile, exporter, target_notes in targets:
         plan = plans[profile.name]
         assert plan.chosen is not None  # checked above
+        if exporter.runtime is Runtime.LITERT:
+            # Package the very bytes that were measured in LiteRT.
+            chosen = tflite[plan.chosen.scheme]
+            artifact = _tflite_artifact(chosen)
+        else:
+            artifact = exporter.export(results[plan.chosen.scheme].model, loaded.inputs, loaded.outputs)
         out.append(
             _write(
-                plan, plan.chosen, results[plan.chosen.scheme], exporter=exporter, loaded=loaded, held_out=held_out,
-                name=name, version=version, out_dir=Path(out_dir), key=key, reference_size=reference_size,
+                plan, plan.chosen, artifact, exporter=exporter, held_out=held_out,
+                name=name, version=version, out_dir=Path(out_dir), key=key, reference_size=reference_sizes[exporter.runtime],
                 extra={**extra, "notes": [*notes, *target_notes]},
             )
         )
     return out
+
+
+def _without_litert(
+    target: tuple[HardwareProfile, Exporter, tuple[str, ...]], exc: ConversionError
+) -> tuple[HardwareProfile, Exporter, tuple[str, ...]]:
+    """A LiteRT target whose model does not convert moves to the profile's next runtime, or the error surfaces."""
+    profile, exporter, notes = target
+    if exporter.runtime is not Runtime.LITERT:
+        return target
+    for runtime in profile.runtimes:
+        fallback = EXPORTERS.get(runtime)
+        if runtime is not Runtime.LITERT and fallback is not None:
+            note = f"{profile.name} prefers litert, but the model does not convert to TFLite ({exc}); packaging for {runtime.value}"
+            log.warning("%s", note)
+            return profile, fallback, (*notes, note)
+    raise ConversionError(f"{profile.name} runs only {[r.value for r in profile.runtimes]} and the model does not convert to TFLite: {exc}") from exc
+
+
+def _tflite_artifact(c: LiteRTCandidate) -> Artifact:
+    from edgefleet.compiler.tflite.exporter import MODEL_FILE
+
+    return Artifact(runtime=Runtime.LITERT, model_file=MODEL_FILE, files={MODEL_FILE: c.tflite_bytes},
+                    inputs=c.inputs, outputs=c.outputs)
+
+
+def _litert_version(tflite: dict[str, LiteRTCandidate]) -> dict[str, str]:
+    if not tflite:
+        return {}
+    import importlib.metadata
+
+    return {"ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
+            "ai_edge_quantizer": importlib.metadata.version("ai-edge-quantizer")}
 
 
 def _package_name(name: str, *, given: bool) -> str:
@@ -248,10 +308,9 @@ def _candidate(result: PassResult) -> Candidate:
 def _write(
     plan: Plan,
     chosen: Candidate,
-    result: PassResult,
+    artifact: Artifact,
     *,
     exporter: Exporter,
-    loaded: LoadedModel,
     held_out: Dataset,
     name: str,
     version: str,
@@ -260,7 +319,6 @@ def _write(
     reference_size: int,
     extra: dict[str, Any],
 ) -> CompileResult:
-    artifact = exporter.export(result.model, loaded.inputs, loaded.outputs)
     manifest, files = packaging.build(
         name=name, version=version, plan=plan, candidate=chosen, artifact=artifact, exporter=exporter,
         held_out=held_out, reference_size=reference_size, extra_report=extra,

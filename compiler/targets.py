@@ -5,10 +5,17 @@ specs for one runtime, and runs the exported model so test vectors come from the
 device gets. ``EXPORTERS`` maps a runtime name to its exporter; a profile is served by the first
 of its runtimes (in the profile's order of preference) that has one.
 
-Only onnxruntime is implemented: the exported file is the candidate model itself. LiteRT
-(phones) and TFLite Micro (microcontrollers) need an ONNX -> TFLite conversion that a later issue
-adds here, as one more entry in ``EXPORTERS``; until then a profile that lists only those
-runtimes fails with ``TargetNotImplemented`` before any work is done.
+Two runtimes are implemented:
+
+- onnxruntime: the exported file is the ONNX candidate itself (fp32, int8 QDQ, dynamic int8).
+- LiteRT (``LiteRTTarget``): a ``.tflite`` in fp32, fp16 or int8. Its candidates
+  are TFLite models made and measured in LiteRT by ``tflite.candidates`` (ai-edge-quantizer for
+  the quantized ones); ``compile_model`` packages those bytes and the target runs them for the
+  test vectors. Phones list litert first and get it; Raspberry Pi and generic Linux profiles list
+  onnxruntime first and stay on it (see docs/compiler.md).
+
+TFLite Micro (microcontrollers) is not implemented: a profile that lists only tflm fails with
+``TargetNotImplemented`` before any work is done.
 """
 
 from __future__ import annotations
@@ -89,7 +96,36 @@ class OnnxRuntimeExporter:
         return inference.run_model(onnx.load_model_from_string(artifact.model_bytes), feeds, optimize=False)
 
 
-EXPORTERS: dict[Runtime, Exporter] = {Runtime.ONNXRUNTIME: OnnxRuntimeExporter()}
+class LiteRTTarget:
+    """A ``.tflite`` for LiteRT in fp32, fp16 or int8; the work is ``tflite.exporter.LiteRTExporter``'s.
+
+    Quantized candidates arrive as TFLite bytes already (``tflite.candidates``), and quantized
+    models keep float32 inputs and outputs, so the package's tensor specs are the fp32 model's.
+    ``export`` converts an fp32 ONNX candidate; ``run`` uses LiteRT's default kernels (XNNPACK on
+    a CPU), ``run_reference`` its builtin reference kernels. The tflite package is imported on
+    first use: it builds on this module's ``Artifact``.
+    """
+
+    runtime = Runtime.LITERT
+    formats = frozenset({NumberFormat.FP32, NumberFormat.FP16, NumberFormat.INT8})
+
+    def export(self, model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Artifact:
+        from edgefleet.compiler.tflite.exporter import LiteRTExporter
+
+        return LiteRTExporter().export(model, inputs, outputs)
+
+    def run(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        from edgefleet.compiler.tflite.exporter import LiteRTExporter
+
+        return LiteRTExporter().run(artifact, feeds)
+
+    def run_reference(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        from edgefleet.compiler.tflite.exporter import LiteRTExporter
+
+        return LiteRTExporter().run_reference(artifact, feeds)
+
+
+EXPORTERS: dict[Runtime, Exporter] = {Runtime.ONNXRUNTIME: OnnxRuntimeExporter(), Runtime.LITERT: LiteRTTarget()}
 
 _NEEDS = {
     Runtime.LITERT: "a TFLite target (LiteRT)",

@@ -126,7 +126,9 @@ def test_a_microcontroller_needs_the_tflite_micro_target_which_does_not_exist_ye
     assert info.value.runtimes == ("tflm",)
 
 
-def test_a_phone_that_prefers_litert_is_served_by_onnxruntime_for_now_and_says_so() -> None:
+def test_a_phone_that_prefers_litert_is_served_by_litert_and_a_pi_stays_on_onnxruntime() -> None:
     exporter, notes = exporter_for(profile(runtimes=["litert", "onnxruntime"]))
-    assert exporter.runtime is Runtime.ONNXRUNTIME
-    assert notes == ("test-board prefers litert, which has no exporter yet; packaging for the next runtime it lists",)
+    assert exporter.runtime is Runtime.LITERT and notes == ()
+    assert {NumberFormat.FP32, NumberFormat.FP16, NumberFormat.INT8} <= exporter.formats
+    exporter, notes = exporter_for(profile(runtimes=["onnxruntime", "litert"]))
+    assert exporter.runtime is Runtime.ONNXRUNTIME and notes == ()

@@ -9,7 +9,9 @@ This package's ``__init__`` is the public face; the converter's parts, one conce
     ops/            the op-type -> converter registry; ops/{nn,elementwise,shape}.py the converters
     builder.py      the TFLite flatbuffer: tensors, aligned buffers, op codes, signature
     verify.py       run LiteRT next to onnxruntime and measure the relative error
-    exporter.py     LiteRTExporter, a targets.Exporter for fp32 candidates
+    exporter.py     LiteRTExporter: what targets.LiteRTTarget packages and runs
+    quantize.py     fp16, dynamic, int8, int16x8 and int4 TFLite with ai-edge-quantizer
+    candidates.py   the TFLite candidates compile measures for LiteRT profiles
     errors.py       ConversionError, UnsupportedOp
 
 docs/converter.md lists the supported ops, the layout strategy and measured errors.

@@ -1,12 +1,10 @@
-"""``LiteRTExporter``: the ``targets.Exporter`` for LiteRT, for float32 candidates.
+"""``LiteRTExporter``: turns a candidate into the ``.tflite`` a LiteRT device runs, and runs it.
 
-It converts the chosen ONNX candidate with ``convert`` and runs the bytes in
-``ai_edge_litert``'s Interpreter: ``run`` with the default (optimised, XNNPACK) kernels a phone
-uses, ``run_reference`` with the builtin reference kernels. Quantized candidates are not carried
-(``formats`` is fp32 only) until the converter writes int8 TFLite.
-
-It is not registered in ``targets.EXPORTERS`` yet: registering it changes which runtime phones
-(profiles that list litert first) are packaged for; see docs/converter.md.
+It converts an fp32 ONNX candidate with ``convert`` (quantized TFLite candidates arrive already
+as bytes from ``tflite.candidates``) and runs the bytes in ``ai_edge_litert``'s Interpreter:
+``run`` with the default (optimised, XNNPACK) kernels a phone uses, ``run_reference`` with the
+builtin reference kernels. ``targets.LiteRTTarget`` registers it for profiles whose first runtime
+is LiteRT.
 """
 
 from __future__ import annotations
