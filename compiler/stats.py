@@ -123,3 +123,58 @@ def _tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
         return None
     count = int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64))
     return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+
+
+# op type -> (input slot of the activation, input slot of the weight), for counting multiply-accumulates.
+_MAC_OPS: dict[str, tuple[int, int]] = {
+    "Conv": (0, 1),
+    "ConvInteger": (0, 1),
+    "QLinearConv": (0, 3),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+    "MatMulInteger": (0, 1),
+    "QLinearMatMul": (0, 3),
+}
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one inference in Conv, Gemm and MatMul (and their integer forms).
+
+    Conv: output elements x (input channels per group x kernel area); Gemm and MatMul: output
+    elements x the reduced dimension. Shapes come from ONNX shape inference; an operator whose
+    shapes it cannot infer is left out (and logged), so the figure is a lower bound. Elementwise
+    operators, pooling and normalisation are not counted: next to the layers with weights they
+    are noise, and this is the figure that structured pruning and low-rank factorisation change.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError as exc:
+        log.info("shape inference failed (%s); MACs count only layers with declared shapes", exc)
+        inferred = model
+    graph = inferred.graph
+    shapes: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    total = 0
+    for node in graph.node:
+        slots = _MAC_OPS.get(node.op_type)
+        if slots is None:
+            continue
+        x_slot, w_slot = slots
+        out = shapes.get(node.output[0])
+        x = shapes.get(node.input[x_slot]) if len(node.input) > x_slot else None
+        w = shapes.get(node.input[w_slot]) if len(node.input) > w_slot else None
+        if out is None or x is None or w is None:
+            log.debug("MACs leave out %s %r: shapes unknown", node.op_type, node.name)
+            continue
+        out_elems = int(np.prod(out, dtype=np.int64))
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            total += out_elems * int(np.prod(w[1:], dtype=np.int64))
+        elif node.op_type == "Gemm":
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            total += out_elems * x[0 if trans_a else -1]
+        else:
+            total += out_elems * x[-1]
+    return total

@@ -249,7 +249,7 @@ def test_configs_round_trip_through_their_manifest_dict() -> None:
     config = StaticInt8Config(per_channel=False, calibrate_method="percentile", exclude_op_types=("Softmax",))
     rebuilt = build_pass(config.to_dict())
     assert isinstance(rebuilt, StaticInt8) and rebuilt.config == config
-    assert set(PASSES) == {"fp32", "int8-static", "int8-dynamic"}
+    assert {"fp32", "int8-static", "int8-dynamic"} <= set(PASSES)
     with pytest.raises(ValueError, match="unknown compression scheme 'int4'"):
         build_pass({"scheme": "int4"})
     with pytest.raises(ValueError, match=r"unknown settings \['bits'\]"):

@@ -11,10 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgefleet.compiler.passes.base import Pass, PassConfig, PassData, PassReport, PassResult, Transformed
+from edgefleet.compiler.passes.channel_prune import ChannelPrune, ChannelPruneConfig
+from edgefleet.compiler.passes.cluster import Cluster, ClusterConfig
 from edgefleet.compiler.passes.identity import Fp32Config, KeepFp32
+from edgefleet.compiler.passes.lowrank import LowRank, LowRankConfig
+from edgefleet.compiler.passes.prune import Prune, PruneConfig
 from edgefleet.compiler.passes.quantize import DynamicInt8, DynamicInt8Config, StaticInt8, StaticInt8Config
 
-PASSES: dict[str, type[Pass[Any]]] = {p.config_type.scheme: p for p in (KeepFp32, StaticInt8, DynamicInt8)}
+PASSES: dict[str, type[Pass[Any]]] = {
+    p.config_type.scheme: p for p in (KeepFp32, StaticInt8, DynamicInt8, Prune, ChannelPrune, LowRank, Cluster)
+}
 
 
 def build_pass(config: Mapping[str, Any]) -> Pass[Any]:
@@ -36,15 +42,23 @@ def build_pass(config: Mapping[str, Any]) -> Pass[Any]:
 
 __all__ = [
     "PASSES",
+    "ChannelPrune",
+    "ChannelPruneConfig",
+    "Cluster",
+    "ClusterConfig",
     "DynamicInt8",
     "DynamicInt8Config",
     "Fp32Config",
     "KeepFp32",
+    "LowRank",
+    "LowRankConfig",
     "Pass",
     "PassConfig",
     "PassData",
     "PassReport",
     "PassResult",
+    "Prune",
+    "PruneConfig",
     "StaticInt8",
     "StaticInt8Config",
     "Transformed",
