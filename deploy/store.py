@@ -443,6 +443,30 @@ class TelemetryStore:
         )
         return _benchmark_row(rows[0]) if rows else None
 
+    # --- dashboard queries (read-only) ------------------------------------------------------
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        """One device's row, or None if the store has never heard of it."""
+        rows = self._read("SELECT * FROM devices WHERE id = ?", (device_id,))
+        return _device_row(rows[0]) if rows else None
+
+    def device_benchmarks(self, device_id: str, *, since: float | None = None, limit: int = 500) -> list[BenchmarkRow]:
+        """A device's reports (of every package), oldest first: the newest ``limit`` sent at or after ``since``."""
+        rows = self._read(
+            """SELECT * FROM (SELECT * FROM benchmarks WHERE device_id = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?)
+               ORDER BY ts, id""",
+            (device_id, since if since is not None else -1e300, limit),
+        )
+        return [_benchmark_row(r) for r in rows]
+
+    def device_events(self, device_id: str, *, limit: int = 50) -> list[EventRow]:
+        """A device's newest ``limit`` deployment events, newest first."""
+        return [
+            EventRow(r["deployment_id"], r["device_id"], r["package_id"], Phase(r["phase"]), r["error"], r["ts"])
+            for r in self._read(
+                "SELECT * FROM events WHERE device_id = ? ORDER BY ts DESC, id DESC LIMIT ?", (device_id, limit))
+        ]
+
     # --- packages (rollouts push them again on rollback) -----------------------------------
 
     def register_package(self, record: PackageRecord) -> None:
@@ -549,6 +573,23 @@ class TelemetryStore:
     def release_rollout(self, rollout_id: str, owner: str) -> None:
         self._write("UPDATE rollouts SET owner = NULL, heartbeat_at = NULL WHERE id = ? AND owner = ?",
                     (rollout_id, owner))
+
+
+def _device_row(r: sqlite3.Row) -> DeviceRow:
+    return DeviceRow(
+        device_id=r["id"],
+        profile=r["profile"],
+        simulated=bool(r["simulated"]),
+        status=r["status"],
+        groups=tuple(json.loads(r["groups"])),
+        package_id=r["package_id"],
+        model_name=r["model_name"],
+        model_version=r["model_version"],
+        runtime=r["runtime"],
+        agent_version=r["agent_version"],
+        last_seen=r["last_seen"],
+        runtimes=json.loads(r["runtimes"]),
+    )
 
 
 def _rollout_row(r: sqlite3.Row) -> RolloutRow:
