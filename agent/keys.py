@@ -76,6 +76,9 @@ class TrustStore:
         """Load ``.pub`` files; a directory contributes every ``*.pub`` inside it."""
         files: list[Path] = []
         for p in map(Path, paths):
+            if not p.exists():
+                raise ValueError(f"no trusted signing keys: {p} does not exist; pass --trust SIGNING.pub, or copy "
+                                 "the fleet's signing.pub (from `edgefleet keys generate`) into that directory")
             files.extend(sorted(p.glob("*.pub")) if p.is_dir() else [p])
         return cls([load_public(f) for f in files])
 

@@ -83,3 +83,8 @@ def test_garbage_is_not_a_package(tmp_path: Path, trust: TrustStore, content: by
 def test_a_missing_package_says_so(tmp_path: Path, trust: TrustStore) -> None:
     with pytest.raises(PackageError, match="no such file"):
         read_manifest(tmp_path / "nope.efpkg")
+
+
+def test_an_agent_without_trusted_keys_is_told_where_to_put_them(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="trusted-keys does not exist; pass --trust"):
+        TrustStore.from_paths([tmp_path / "trusted-keys"])
