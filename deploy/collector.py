@@ -11,6 +11,12 @@ not match its topic) is logged with its topic and counted in ``stats.rejected``;
 carries on, because one broken device must not blind the fleet. Empty payloads are retained
 messages being deleted and are skipped.
 
+With ``shared_group`` it subscribes to ``$share/GROUP/<topic>`` instead (MQTT shared
+subscriptions, supported by Mosquitto 2, EMQX, HiveMQ and others over MQTT 3.1.1 and 5): the
+broker hands each message to one collector of the group, so several collectors on several
+machines share the load. A message redelivered to another member after a disconnect, or sent
+twice by an agent's outbox, is still stored once: the store's inserts are idempotent.
+
 paho's network loop runs in a thread of ours and reconnects with capped exponential backoff,
 resubscribing each time (sessions are clean, so the broker forgets subscriptions). If the thread
 dies of an unexpected error, ``check()`` and ``wait_for()`` raise it in the caller's thread.
@@ -19,7 +25,7 @@ dies of an unexpected error, ``check()`` and ``wait_for()`` raise it in the call
 from __future__ import annotations
 
 import logging
-import sqlite3
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,16 +34,27 @@ from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
 from edgefleet.agent import topics
 from edgefleet.agent.errors import MessageError, TransportError
 from edgefleet.agent.messages import TELEMETRY, DeploymentEvent, DeviceState, parse
 from edgefleet.agent.transport import BrokerURL, make_client
 from edgefleet.deploy.store import TelemetryStore
+from edgefleet.deploy.store_backends import database_errors
 
 log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = (topics.ALL_STATES, topics.ALL_TELEMETRY, topics.ALL_EVENTS)
+DEFAULT_SHARED_GROUP = "edgefleet-collectors"
+_GROUP = re.compile(r"^[^/+#$\s][^/+#\s]*$")
+
+
+def subscriptions(shared_group: str | None = None) -> tuple[str, ...]:
+    """The topic filters the collector subscribes to, shared within ``shared_group`` if given."""
+    if shared_group is None:
+        return SUBSCRIPTIONS
+    if not _GROUP.match(shared_group):
+        raise ValueError(f"{shared_group!r} is not a shared-subscription group: use letters, digits, - and _")
+    return tuple(f"$share/{shared_group}/{t}" for t in SUBSCRIPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +81,16 @@ class Collector:
         store: TelemetryStore,
         *,
         client_id: str | None = None,
+        shared_group: str | None = None,
         reconnect_max_delay: int = 30,
         logger: logging.Logger | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
         self.log = logger or log
+        self.shared_group = shared_group
+        self.topics = subscriptions(shared_group)  # ValueError for a bad group, before anything connects
+        self._store_errors = database_errors()
         self._client = make_client(broker, client_id)
         self._client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_delay)
         self._client.on_connect = self._on_connect
@@ -159,8 +180,9 @@ class Collector:
         if reason.is_failure:
             self.log.warning("the MQTT broker at %s refused the collector: %s", self.broker, reason)
             return
-        self.log.info("connected to %s; subscribing to all devices", self.broker)
-        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        shared = f" (shared in group {self.shared_group})" if self.shared_group else ""
+        self.log.info("connected to %s; subscribing to all devices%s", self.broker, shared)
+        client.subscribe([(t, 1) for t in self.topics])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.log.warning("cannot reach the MQTT broker at %s; retrying", self.broker)
@@ -186,7 +208,7 @@ class Collector:
         except MessageError as exc:
             self._count("rejected")
             self.log.warning("rejected %s", exc)
-        except sqlite3.Error as exc:
+        except self._store_errors as exc:
             self._count("store_errors")
             self.log.error("could not store the message on %s: %s", topic, exc)
         else:

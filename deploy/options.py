@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
 from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
+from edgefleet.deploy.store_backends import StoreLocation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,15 +59,28 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
 
 
+def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> StoreLocation:
+    try:
+        return StoreLocation.parse(value) if value else StoreLocation.parse(default_db_path())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def db_option(fn: F) -> F:
-    """``--db PATH`` -> a ``Path`` argument named ``db``; defaults to ``$EDGEFLEET_HOME/fleet.db``."""
+    """``--db PATH|URL`` -> a ``StoreLocation`` argument named ``db``; defaults to ``$EDGEFLEET_HOME/fleet.db``.
+
+    A ``StoreLocation`` has ``exists()`` and prints as its path, so commands written for a SQLite
+    ``Path`` keep working; ``TelemetryStore`` opens either kind.
+    """
     return click.option(
         "--db",
-        type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        metavar="PATH",
-        callback=lambda ctx, param, value: value or default_db_path(),
-        help=f"Telemetry database (SQLite). Default: ${HOME_ENV}/fleet.db, ${HOME_ENV} defaulting to ~/.edgefleet.",
+        metavar="PATH|URL",
+        callback=_parse_db,
+        help=(
+            "Telemetry database: a SQLite file (PATH or sqlite:///PATH) or PostgreSQL "
+            f"(postgresql://USER@HOST/DB). Default: ${HOME_ENV}/fleet.db, ${HOME_ENV} defaulting to ~/.edgefleet."
+        ),
     )(fn)
 
 

@@ -1,10 +1,18 @@
-"""The telemetry store: what the fleet has heard from its devices, in one SQLite file.
+"""The telemetry store: what the fleet has heard from its devices, in SQLite or PostgreSQL.
+
+``TelemetryStore(location)`` opens a SQLite file (a path, or ``sqlite:///path``: the default,
+nothing to install) or a PostgreSQL database (``postgresql://user@host/db``, through psycopg 3;
+``deploy/store_backends.py``). Both hold the same tables and run the same migrations.
 
 Three tables, filled by the collector from the messages of ``docs/protocol.md``:
 
     devices     one row per device, from its latest DeviceState (upserted)
     events      every DeploymentEvent: the history of each deployment on each device
     benchmarks  every BenchmarkReport: the figures the telemetry table shows, plus the full JSON
+
+one written by ``edgefleet telemetry prune`` (``edgefleet.deploy.retention``):
+
+    benchmark_rollups  per device, package and time bucket: aggregates of pruned benchmarks
 
 and four written by staged rollouts (``edgefleet.deploy.rollout``, ``docs/fleet.md``):
 
@@ -14,7 +22,7 @@ and four written by staged rollouts (``edgefleet.deploy.rollout``, ``docs/fleet.
     rollout_devices  the phase of each device of a rollout, with the package it had before
 
 Writes are idempotent (QoS 1 delivers a message at least once, so duplicates are expected) and
-the database runs in WAL mode so ``edgefleet telemetry`` can read while ``edgefleet collect``
+a SQLite database runs in WAL mode so ``edgefleet telemetry`` can read while ``edgefleet collect``
 writes. One ``TelemetryStore`` may also be shared by threads: it serialises its own calls.
 ``schema_version`` records the layout; opening a database migrates it forward, and refuses one
 written by a newer edgefleet rather than guess.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,8 +46,15 @@ from edgefleet.agent.messages import (
     DeviceState,
     Phase,
 )
+from edgefleet.deploy.store_backends import (
+    POSTGRES,
+    SQLITE,
+    StoreLocation,
+    connect_postgres,
+    database_errors,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migration n takes a database from schema n-1 to n. Append; never edit a released one.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -144,13 +160,40 @@ _MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (rollout_id, device_id)
         )""",
     ],
+    3: [
+        "CREATE INDEX benchmarks_by_ts ON benchmarks (ts)",
+        """CREATE TABLE benchmark_rollups (
+            device_id TEXT NOT NULL,
+            package_id TEXT NOT NULL,
+            bucket_seconds REAL NOT NULL,    -- the bucket's width
+            bucket_start REAL NOT NULL,      -- a multiple of bucket_seconds (Unix time)
+            profile TEXT NOT NULL,
+            simulated INTEGER NOT NULL,
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            count INTEGER NOT NULL,          -- how many reports it replaces
+            first_ts REAL NOT NULL,
+            last_ts REAL NOT NULL,
+            mean_ms REAL NOT NULL,           -- mean of the reports' means
+            p50_ms REAL NOT NULL,            -- median of their p50s
+            p90_ms REAL NOT NULL,            -- p90 of their p90s
+            p99_ms REAL NOT NULL,            -- p99 of their p99s
+            max_p99_ms REAL NOT NULL,        -- the worst p99
+            throughput_ips REAL NOT NULL,    -- mean
+            peak_rss_mb REAL NOT NULL,       -- max
+            power_w REAL NOT NULL,           -- mean
+            energy_mj REAL NOT NULL,         -- mean
+            PRIMARY KEY (device_id, package_id, bucket_seconds, bucket_start)
+        )""",
+    ],
 }
 
 
 class StoreError(EdgefleetError):
-    """The database cannot be opened or used; ``path`` names it."""
+    """The database cannot be opened or used; ``path`` names it (a file, or a redacted URL)."""
 
-    def __init__(self, message: str, *, path: Path) -> None:
+    def __init__(self, message: str, *, path: Path | StoreLocation) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
 
@@ -265,12 +308,63 @@ class RolloutDeviceRow:
     energy_mj: float | None
 
 
-class TelemetryStore:
-    """A connection to the telemetry database at ``path``, created and migrated on open."""
+@dataclass(frozen=True, slots=True)
+class RollupRow:
+    """Aggregates of the benchmarks of one package on one device within one time bucket."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    device_id: str
+    package_id: str
+    bucket_seconds: float
+    bucket_start: float
+    profile: str
+    simulated: bool
+    model_name: str
+    model_version: str
+    runtime: str
+    count: int
+    first_ts: float
+    last_ts: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_p99_ms: float
+    throughput_ips: float
+    peak_rss_mb: float
+    power_w: float
+    energy_mj: float
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What ``prune_benchmarks`` did: raw reports deleted, rollup rows written, reports kept as latest."""
+
+    deleted: int = 0
+    rollups: int = 0
+    kept_latest: int = 0
+
+
+class TelemetryStore:
+    """A connection to the telemetry database at ``path``, created and migrated on open.
+
+    ``path`` is a SQLite file (``Path``, a path string, or ``sqlite:///path``), a PostgreSQL URL
+    (``postgresql://user@host/db``), or a ``StoreLocation`` parsed from either.
+    """
+
+    def __init__(self, path: Path | str | StoreLocation) -> None:
+        try:
+            self.location = StoreLocation.parse(path)
+        except ValueError as exc:
+            raise StoreError(str(exc), path=Path(str(path))) from None
         self._lock = threading.Lock()
+        if self.location.is_postgres:
+            self.path: Path | StoreLocation = self.location
+            self._dialect = POSTGRES
+            self._open_postgres()
+            return
+        assert self.location.path is not None
+        self.path = self.location.path
+        self._dialect = SQLITE
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One connection, used from whichever thread calls; self._lock serialises the calls.
@@ -289,6 +383,39 @@ class TelemetryStore:
             self._conn.close()
             raise StoreError(f"not a usable telemetry database ({exc})", path=self.path) from None
 
+    def _open_postgres(self) -> None:
+        assert self.location.url is not None
+        try:
+            self._conn = connect_postgres(self.location.url)
+        except ImportError:
+            raise StoreError(
+                "PostgreSQL needs psycopg 3: pip install 'edgefleet[fleet]' (or 'psycopg[binary]')", path=self.path
+            ) from None
+        except database_errors() as exc:
+            raise StoreError(f"cannot open the telemetry database ({exc})".strip(), path=self.path) from None
+        try:
+            self._migrate()
+        except StoreError:
+            self._conn.close()
+            raise
+        except database_errors() as exc:
+            self._conn.close()
+            raise StoreError(f"not a usable telemetry database ({exc})", path=self.path) from None
+
+    def _reopen_if_lost(self) -> None:
+        """Reconnect to PostgreSQL if the last call found the connection broken (a server restart).
+
+        The call that found it broken has already failed (the collector counts it); later ones work again.
+        """
+        if self._dialect is POSTGRES and self._conn.closed:
+            assert self.location.url is not None
+            self._conn = connect_postgres(self.location.url)
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._dialect.name
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -303,11 +430,13 @@ class TelemetryStore:
 
     def _migrate(self) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file at once: one migrates, one waits
+        conn.execute("BEGIN IMMEDIATE" if self._dialect is SQLITE else "BEGIN")
         try:
+            if self._dialect is POSTGRES:  # two processes opening a new database at once: one migrates, one waits
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('edgefleet:' || current_schema()))")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            current = row[0] or 0
+            row = conn.execute("SELECT max(version) AS v FROM schema_version").fetchone()
+            current = row["v"] or 0
             if current > SCHEMA_VERSION:
                 raise StoreError(
                     f"written by a newer edgefleet (schema {current}, this one knows {SCHEMA_VERSION}); upgrade edgefleet",
@@ -315,10 +444,10 @@ class TelemetryStore:
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
+                    conn.execute(self._dialect.ddl(statement))
             if current < SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute(self._dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -326,19 +455,23 @@ class TelemetryStore:
 
     def _write(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         with self._lock:
-            self._conn.execute(sql, params)
+            self._reopen_if_lost()
+            self._conn.execute(self._dialect.sql(sql), params)
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows as mappings by column name (``sqlite3.Row`` or ``dict``)."""
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            self._reopen_if_lost()
+            return self._conn.execute(self._dialect.sql(sql), params).fetchall()
 
-    def _transaction(self, statements: list[tuple[str, tuple[Any, ...] | dict[str, Any]]]) -> None:
+    def _transaction(self, statements: Sequence[tuple[str, tuple[Any, ...] | dict[str, Any]]]) -> None:
         """Run ``statements`` atomically: another process reads all of them or none."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._reopen_if_lost()
+            self._conn.execute("BEGIN IMMEDIATE" if self._dialect is SQLITE else "BEGIN")
             try:
                 for sql, params in statements:
-                    self._conn.execute(sql, params)
+                    self._conn.execute(self._dialect.sql(sql), params)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -377,17 +510,19 @@ class TelemetryStore:
 
     def record_event(self, event: DeploymentEvent) -> None:
         self._write(
-            "INSERT OR IGNORE INTO events (deployment_id, device_id, package_id, phase, error, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (deployment_id, device_id, package_id, phase, error, ts) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",  # a duplicate delivery is the same row: stored once
             (event.deployment_id, event.device_id, event.package_id, event.phase.value, event.error, event.ts),
         )
 
     def record_benchmark(self, report: BenchmarkReport) -> None:
         lat = report.latency_ms
         self._write(
-            """INSERT OR IGNORE INTO benchmarks (device_id, profile, simulated, package_id, model_name, model_version,
+            """INSERT INTO benchmarks (device_id, profile, simulated, package_id, model_name, model_version,
                 runtime, runtime_version, mean_ms, p50_ms, p90_ms, p99_ms, throughput_ips, peak_rss_mb,
                 power_w, power_source, energy_mj, ts, report)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (device_id, package_id, ts) DO NOTHING""",  # a duplicate delivery: stored once
             (
                 report.device_id, report.profile, int(report.simulated), report.package_id, report.model_name,
                 report.model_version, report.runtime, report.runtime_version, lat.mean, lat.p50, lat.p90, lat.p99,
@@ -422,7 +557,7 @@ class TelemetryStore:
         rows = self._read(
             """SELECT * FROM (
                    SELECT *, row_number() OVER (PARTITION BY device_id, package_id ORDER BY ts DESC, id DESC) AS n
-                   FROM benchmarks)
+                   FROM benchmarks) AS ranked
                WHERE n = 1 ORDER BY device_id, ts DESC"""
         )
         return [_benchmark_row(r) for r in rows]
@@ -443,6 +578,87 @@ class TelemetryStore:
         )
         return _benchmark_row(rows[0]) if rows else None
 
+    def iter_benchmarks(
+        self, *, since: float | None = None, device_id: str | None = None, batch: int = 1000
+    ) -> Iterator[BenchmarkRow]:
+        """Every raw report (sent at or after ``since``, of ``device_id``), oldest first, ``batch`` rows at a time.
+
+        Pages by (ts, id), so memory stays bounded however large the table, and the lock is not held
+        between pages: the collector keeps writing while an export runs.
+        """
+        where = ["ts >= ?"]
+        base: list[Any] = [since if since is not None else -1e300]
+        if device_id is not None:
+            where.append("device_id = ?")
+            base.append(device_id)
+        after: tuple[float, int] | None = None
+        while True:
+            clauses, params = list(where), list(base)
+            if after is not None:
+                clauses.append("(ts > ? OR (ts = ? AND id > ?))")
+                params += [after[0], after[0], after[1]]
+            rows = self._read(
+                f"SELECT * FROM benchmarks WHERE {' AND '.join(clauses)} ORDER BY ts, id LIMIT ?", (*params, batch))
+            for r in rows:
+                yield _benchmark_row(r)
+            if len(rows) < batch:
+                return
+            after = (rows[-1]["ts"], rows[-1]["id"])
+
+    def rollups(self, device_id: str | None = None) -> list[RollupRow]:
+        """Aggregates written by ``prune_benchmarks``, by device, package, then time."""
+        where, params = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+        rows = self._read(
+            f"SELECT * FROM benchmark_rollups {where} ORDER BY device_id, package_id, bucket_start, bucket_seconds",
+            params)
+        return [_rollup_row(r) for r in rows]
+
+    def prune_benchmarks(self, cutoff: float, *, bucket_seconds: float | None = None) -> PruneResult:
+        """Delete reports sent before ``cutoff``, folding them into rollups if ``bucket_seconds``.
+
+        Keeps the newest report of each package on each device. One transaction per device and
+        package, so a crash leaves each pair either pruned or not. See ``edgefleet.deploy.retention``.
+        """
+        from edgefleet.deploy.retention import aggregate, bucket_start, merge
+
+        if bucket_seconds is not None and bucket_seconds <= 0:
+            raise ValueError("bucket_seconds must be positive")
+        pairs = self._read(
+            "SELECT device_id, package_id, count(*) AS n FROM benchmarks WHERE ts < ? "
+            "GROUP BY device_id, package_id ORDER BY device_id, package_id", (cutoff,))
+        result = PruneResult()
+        for pair in pairs:
+            device, package = pair["device_id"], pair["package_id"]
+            raw = self._read(  # one device's history of one package: bounded, unlike the whole table
+                """SELECT * FROM benchmarks WHERE device_id = ? AND package_id = ? AND ts < ?
+                   AND id <> (SELECT id FROM benchmarks WHERE device_id = ? AND package_id = ?
+                              ORDER BY ts DESC, id DESC LIMIT 1)
+                   ORDER BY ts, id""", (device, package, cutoff, device, package))
+            ids = [r["id"] for r in raw]
+            rows = [_benchmark_row(r) for r in raw]
+            kept = pair["n"] - len(ids)
+            statements: list[tuple[str, tuple[Any, ...] | dict[str, Any]]] = []
+            written = 0
+            if bucket_seconds is not None and rows:
+                existing = {r.bucket_start: r for r in self.rollups(device) if r.package_id == package
+                            and r.bucket_seconds == bucket_seconds}
+                buckets: dict[float, list[BenchmarkRow]] = {}
+                for row in rows:
+                    buckets.setdefault(bucket_start(row.ts, bucket_seconds), []).append(row)
+                for start, members in buckets.items():
+                    rollup = aggregate(members, bucket_seconds)
+                    if start in existing:
+                        rollup = merge(existing[start], rollup)
+                    statements.append(_upsert_rollup(rollup))
+                    written += 1
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                statements.append((f"DELETE FROM benchmarks WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk)))
+            if statements:
+                self._transaction(statements)
+            result = PruneResult(result.deleted + len(ids), result.rollups + written, result.kept_latest + kept)
+        return result
+
     # --- dashboard queries (read-only) ------------------------------------------------------
 
     def device(self, device_id: str) -> DeviceRow | None:
@@ -453,7 +669,7 @@ class TelemetryStore:
     def device_benchmarks(self, device_id: str, *, since: float | None = None, limit: int = 500) -> list[BenchmarkRow]:
         """A device's reports (of every package), oldest first: the newest ``limit`` sent at or after ``since``."""
         rows = self._read(
-            """SELECT * FROM (SELECT * FROM benchmarks WHERE device_id = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?)
+            """SELECT * FROM (SELECT * FROM benchmarks WHERE device_id = ? AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?) AS newest
                ORDER BY ts, id""",
             (device_id, since if since is not None else -1e300, limit),
         )
@@ -504,12 +720,14 @@ class TelemetryStore:
         ]
         for w in waves:
             statements.append((
-                "INSERT OR REPLACE INTO rollout_waves VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rollout_waves VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, wave) DO UPDATE SET "
+                + _set_excluded(("label", "status", "started_at", "finished_at", "reason")),
                 (w.rollout_id, w.wave, w.label, w.status, w.started_at, w.finished_at, w.reason),
             ))
         for d in devices:
             statements.append((
-                "INSERT OR REPLACE INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (rollout_id, device_id) DO UPDATE SET " + _set_excluded(_ROLLOUT_DEVICE_UPDATES),
                 (d.rollout_id, d.device_id, d.wave, d.profile, d.package_id, d.previous_package_id, d.previous_path,
                  d.baseline_p90_ms, d.baseline_energy_mj, d.phase, d.deployment_id, d.attempt, d.started_at,
                  d.finished_at, d.error, d.p90_ms, d.energy_mj),
@@ -527,14 +745,16 @@ class TelemetryStore:
 
     def rollout(self, rollout_id: str) -> tuple[RolloutRow, list[RolloutWaveRow], list[RolloutDeviceRow]] | None:
         """A rollout with its waves (in order) and devices (by wave, then id); None if unknown."""
+        sql = self._dialect.sql
         with self._lock:  # one read transaction, so the three parts agree
-            self._conn.execute("BEGIN")
+            self._reopen_if_lost()
+            self._conn.execute("BEGIN" if self._dialect is SQLITE else "BEGIN ISOLATION LEVEL REPEATABLE READ")
             try:
-                head = self._conn.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchall()
+                head = self._conn.execute(sql("SELECT * FROM rollouts WHERE id = ?"), (rollout_id,)).fetchall()
                 waves = self._conn.execute(
-                    "SELECT * FROM rollout_waves WHERE rollout_id = ? ORDER BY wave", (rollout_id,)).fetchall()
+                    sql("SELECT * FROM rollout_waves WHERE rollout_id = ? ORDER BY wave"), (rollout_id,)).fetchall()
                 devices = self._conn.execute(
-                    "SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id", (rollout_id,)
+                    sql("SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id"), (rollout_id,)
                 ).fetchall()
             finally:
                 self._conn.execute("COMMIT")
@@ -561,8 +781,9 @@ class TelemetryStore:
         Compare-and-set, so of two processes resuming the same rollout one wins.
         """
         with self._lock:
+            self._reopen_if_lost()
             cur = self._conn.execute(
-                "UPDATE rollouts SET owner = ?, heartbeat_at = ? WHERE id = ? AND owner IS ?",
+                self._dialect.sql("UPDATE rollouts SET owner = ?, heartbeat_at = ? WHERE id = ? AND owner IS ?"),
                 (owner, now, rollout_id, free),
             )
             return cur.rowcount == 1
@@ -575,7 +796,17 @@ class TelemetryStore:
                     (rollout_id, owner))
 
 
-def _device_row(r: sqlite3.Row) -> DeviceRow:
+_ROLLOUT_DEVICE_UPDATES = (
+    "wave", "profile", "package_id", "previous_package_id", "previous_path", "baseline_p90_ms", "baseline_energy_mj",
+    "phase", "deployment_id", "attempt", "started_at", "finished_at", "error", "p90_ms", "energy_mj",
+)
+
+
+def _set_excluded(columns: Sequence[str]) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
+def _device_row(r: Any) -> DeviceRow:
     return DeviceRow(
         device_id=r["id"],
         profile=r["profile"],
@@ -592,7 +823,27 @@ def _device_row(r: sqlite3.Row) -> DeviceRow:
     )
 
 
-def _rollout_row(r: sqlite3.Row) -> RolloutRow:
+_ROLLUP_COLUMNS = tuple(RollupRow.__dataclass_fields__)
+
+
+def _rollup_row(r: Any) -> RollupRow:
+    values = {c: r[c] for c in _ROLLUP_COLUMNS}
+    values["simulated"] = bool(values["simulated"])
+    return RollupRow(**values)
+
+
+def _upsert_rollup(rollup: RollupRow) -> tuple[str, dict[str, Any]]:
+    values = {c: getattr(rollup, c) for c in _ROLLUP_COLUMNS}
+    values["simulated"] = int(rollup.simulated)
+    key = ("device_id", "package_id", "bucket_seconds", "bucket_start")
+    sql = (
+        f"INSERT INTO benchmark_rollups ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({', '.join(':' + c for c in _ROLLUP_COLUMNS)})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {_set_excluded([c for c in _ROLLUP_COLUMNS if c not in key])}"
+    )
+    return sql, values
+
+
+def _rollout_row(r: Any) -> RolloutRow:
     return RolloutRow(
         rollout_id=r["id"], status=r["status"], plan_json=r["plan"], reason=r["reason"], next_wave_at=r["next_wave_at"],
         created_at=r["created_at"], updated_at=r["updated_at"], request=r["request"], owner=r["owner"],
@@ -600,7 +851,7 @@ def _rollout_row(r: sqlite3.Row) -> RolloutRow:
     )
 
 
-def _benchmark_row(r: sqlite3.Row) -> BenchmarkRow:
+def _benchmark_row(r: Any) -> BenchmarkRow:
     return BenchmarkRow(
         device_id=r["device_id"],
         profile=r["profile"],

@@ -1,4 +1,8 @@
-"""The SQLite telemetry store: upserts, idempotent writes, latest benchmarks, schema versions."""
+"""The telemetry store: upserts, idempotent writes, latest benchmarks, schema versions.
+
+Tests taking ``store`` run on SQLite and on PostgreSQL (``test_store_backends.store_location``);
+those about the SQLite file itself (WAL, junk files, two connections) on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from edgefleet.agent.messages import Phase
 from edgefleet.deploy.store import SCHEMA_VERSION, StoreError, TelemetryStore
-
 from test_deploy_support import benchmark, event, state
+from test_store_backends import postgres_url, store_location  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[TelemetryStore]:
-    with TelemetryStore(tmp_path / "home" / "fleet.db") as s:
+def store(store_location: str) -> Iterator[TelemetryStore]:  # noqa: F811
+    with TelemetryStore(store_location) as s:
         yield s
 
 
