@@ -79,9 +79,13 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path
               help="Raspberry Pi firmware tool, for the Pi 5 PMIC power rails and throttling flags.")
 @click.option("--system-interval", default=60.0, show_default=True, envvar="EDGEFLEET_SYSTEM_INTERVAL",
               help="Publish CPU, memory, temperature, disk, uptime and counters every this many seconds; 0: never.")
+@click.option("--keep-versions", default=2, show_default=True, envvar="EDGEFLEET_KEEP_VERSIONS",
+              type=click.IntRange(min=0),
+              help="Previous models kept on disk besides the serving one, for rolling back; older ones are deleted.")
 def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path, trusted: tuple[Path, ...],
           groups: tuple[str, ...], simulate: bool, warmup: int, runs: int, max_seconds: float, threads: int,
-          idle_seconds: float, sysfs: Path, proc: Path, vcgencmd: str, system_interval: float) -> None:
+          idle_seconds: float, sysfs: Path, proc: Path, vcgencmd: str, system_interval: float,
+          keep_versions: int) -> None:
     """Run the device agent: install models pushed to this device, benchmark them, report telemetry.
 
     \b
@@ -115,7 +119,7 @@ def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path,
                                      idle_seconds=idle_seconds)
         daemon = Agent(broker=url, device_id=device_id, profile=profile, data_dir=data_dir, trust=trust,
                        groups=groups, simulated=simulate, benchmark=settings, sysfs=sysfs, vcgencmd=vcgencmd,
-                       system_interval=system_interval)
+                       system_interval=system_interval, keep_versions=keep_versions)
     except (ProfileError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 

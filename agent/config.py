@@ -52,6 +52,7 @@ class AgentConfig(BaseModel):
     proc: Path | None = None
     vcgencmd: str | None = None
     system_interval: float | None = Field(default=None, ge=0)
+    keep_versions: int | None = Field(default=None, ge=0, description="Previous models kept on disk for rollback.")
 
     @field_validator("trust", "groups", mode="before")
     @classmethod

@@ -53,6 +53,9 @@ class PackageRef(_Message):
     size: int = Field(gt=0)
     chunk_size: int = Field(gt=0)
     chunk_sha256: list[SHA256] = Field(min_length=1)
+    url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="Fetch the package file from this http(s) URL (object storage, CDN) instead of MQTT chunks.")
 
     def chunk_count(self) -> int:
         return len(self.chunk_sha256)
@@ -194,6 +197,9 @@ class BenchmarkReport(_Message):
     throttled: list[str] | None = Field(
         default=None, description="Raspberry Pi firmware throttling flags after the run; None without vcgencmd.")
     governor: str | None = Field(default=None, description="cpu0's cpufreq scaling governor during the run.")
+    delegate: str | None = Field(
+        default=None, description="Which kernels ran the model: 'cpu' (onnxruntime's CPUExecutionProvider), "
+                                  "'xnnpack' (LiteRT's default CPU delegate).")
 
 
 Telemetry = Annotated[BenchmarkReport, Field(discriminator="kind")]

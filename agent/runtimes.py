@@ -12,17 +12,19 @@ import importlib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.agent.errors import RuntimeLoadError
+
+if TYPE_CHECKING:  # numpy is imported by the runtimes themselves, only once a model is loaded
+    import numpy as np
 
 
 class LoadedModel(Protocol):
     runtime: str
     version: str
     threads: int
+    delegate: str  # the kernels that run it, reported with each benchmark
 
     def input_names(self) -> list[str]: ...
 
@@ -56,6 +58,7 @@ class _OnnxModel:
     path: Path
     threads: int
     runtime: str = "onnxruntime"
+    delegate: str = "cpu"  # the CPUExecutionProvider, the only provider the agent asks for
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +88,7 @@ class _LiteRTModel:
     path: Path
     threads: int
     runtime: str = "litert"
+    delegate: str = "xnnpack"  # LiteRT applies its XNNPACK delegate by default to CPU float and int8 kernels
 
     def __post_init__(self) -> None:
         interpreter_cls, self.version = _litert_interpreter()

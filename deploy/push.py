@@ -89,25 +89,35 @@ def push_package(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     deployment_id: str | None = None,
     timeout: float = 30,
+    url: str | None = None,
 ) -> Deployment:
     """Publish ``package`` for one device or one group; returns the deployment as published.
+
+    With ``url`` (where the same file is served over http(s), e.g. object storage or a CDN), the
+    deployment carries the URL and no chunks are published: devices download the file from there,
+    still checking every chunk and the whole file against the hashes in the deployment.
 
     ``timeout`` bounds connecting and each wait for the broker's acknowledgement, not the whole
     upload, so a large package on a slow link is fine as long as the broker keeps answering.
     """
     _check_target(device, group)  # before hashing what may be a large file
     manifest, ref = describe_package(package, chunk_size)
+    if url is not None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"package URL must start with http:// or https://, not {url!r}")
+        ref = ref.model_copy(update={"url": url})
     deploy_topic = _deploy_topic(device, group, manifest.target.profile)
     deployment = Deployment(
         deployment_id=deployment_id or new_deployment_id(), package=ref, profile=manifest.target.profile
     )
     with BrokerLink(broker, timeout=timeout) as link:
-        link.publish(chunk_messages(Path(package), ref), total=ref.chunk_count())
+        if url is None:
+            link.publish(chunk_messages(Path(package), ref), total=ref.chunk_count())
         # Only now announce it: a device that sees the deployment must find every chunk retained.
         link.publish([(deploy_topic, deployment.to_bytes())], total=1, what="the deployment")
     log.info(
-        "pushed %s (%d bytes, %d chunks) to %s as deployment %s",
-        ref.id, ref.size, ref.chunk_count(), deploy_topic, deployment.deployment_id,
+        "pushed %s (%d bytes, %d chunks%s) to %s as deployment %s",
+        ref.id, ref.size, ref.chunk_count(), f" at {url}" if url else "", deploy_topic, deployment.deployment_id,
     )
     return deployment
 

@@ -53,6 +53,12 @@ def _check_id(what: str) -> Any:
     metavar="SIZE",
     help="Bytes per MQTT message: 65536, 256KiB, 1MiB. Smaller suits brokers with a message size limit.  [default: 256KiB]",
 )
+@click.option(
+    "--url",
+    metavar="URL",
+    help="Devices download the package from this http(s) URL (object storage, CDN) where you uploaded the same "
+    "file; no chunks go through the broker. Each chunk is still checked against the hashes in the deployment.",
+)
 @click.option("--wait", is_flag=True, help="Wait until the devices report the package installed, or failed; exit 1 unless all succeed.")
 @click.option(
     "--timeout",
@@ -70,6 +76,7 @@ def push(
     group: str | None,
     broker: BrokerURL,
     chunk_size: int,
+    url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -82,6 +89,8 @@ def push(
     \b
       edgefleet push out/digits-raspberry-pi-4.efpkg --device pi-kitchen --wait
       edgefleet push out/digits-raspberry-pi-4.efpkg --group kitchen
+      edgefleet push out/digits-raspberry-pi-4.efpkg --group kitchen \\
+          --url https://cdn.example/models/digits-raspberry-pi-4.efpkg
     """
     if (device is None) == (group is None):
         raise click.UsageError("name exactly one target: --device ID or --group NAME")
@@ -92,11 +101,15 @@ def push(
     skipped: dict[str, str] = {}
     try:
         if not wait:
-            deployment = push_package(package, broker=broker, device=device, group=group, chunk_size=chunk_size)
+            deployment = push_package(
+                package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url
+            )
         else:
             # Subscribe before pushing: events are not retained, and a nearby device answers fast.
             with DeploymentWatcher(broker) as watcher:
-                deployment = push_package(package, broker=broker, device=device, group=group, chunk_size=chunk_size)
+                deployment = push_package(
+                    package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url
+                )
                 _echo_pushed(deployment, device, group, broker, err=as_json)
                 if device is not None:
                     devices = [device]
@@ -110,7 +123,7 @@ def push(
                 outcomes = watcher.wait(
                     deployment.deployment_id, devices, wait_s, on_event=_echo_event
                 )
-    except (PushError, PackageError) as exc:
+    except (PushError, PackageError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
     if as_json:
@@ -155,6 +168,8 @@ def _echo_pushed(d: Deployment, device: str | None, group: str | None, broker: B
         f"chunk(s) of {format_bytes(ref.chunk_size)}",
         err=err,
     )
+    if ref.url:
+        click.echo(f"  url         {ref.url}", err=err)
     click.echo(f"  broker      {broker}", err=err)
 
 
