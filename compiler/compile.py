@@ -7,7 +7,9 @@ The steps, each in its own module:
 3. load calibration data and split off held-out samples, or fall back to random inputs (``calibration``),
 4. run every candidate pass on the original model and measure it (``passes``); when a profile is
    served by LiteRT, also convert the model to TFLite, quantize it with ai-edge-quantizer and
-   measure each TFLite candidate in LiteRT (``tflite.candidates``),
+   measure each TFLite candidate in LiteRT (``tflite.candidates``); when a profile is a
+   microcontroller (TFLite Micro), make the full-integer int8 TFLite model and measure its
+   fidelity, tensor arena and flash in TFLM (``tflm.candidates``),
 5. choose a candidate per profile among its runtime's candidates (``planner``), and fail if any
    profile has none,
 6. export, attach test vectors, sign and write ``OUT/<name>-<profile>.efpkg`` (``targets``, ``packaging``).
@@ -43,6 +45,8 @@ from edgefleet.compiler.planner import Budget, Candidate, Plan
 from edgefleet.compiler.targets import EXPORTERS, Artifact, Exporter, exporter_for
 from edgefleet.compiler.tflite.candidates import DEFAULT_LITERT_CANDIDATES, LiteRTCandidate, litert_candidates
 from edgefleet.compiler.tflite.errors import ConversionError
+from edgefleet.compiler.tflm.candidates import TFLMCandidate, quantize_array, tflm_candidate
+from edgefleet.compiler.tflm.target import TFLMTarget as TFLMArtifacts
 from edgefleet.hardware_profiles import HardwareProfile, load_profile
 from edgefleet.hardware_profiles.schema import Runtime
 
@@ -129,6 +133,11 @@ def compile_model(
             skipped.update(litert_skipped)
             measured[Runtime.LITERT] = [c.candidate for c in tflite.values()]
             reference_sizes[Runtime.LITERT] = tflite[planner.REFERENCE].candidate.size_bytes
+    tflm: TFLMCandidate | None = None
+    if any(exporter.runtime is Runtime.TFLM for _, exporter, _ in targets):
+        tflm = tflm_candidate(_candidate(results[planner.REFERENCE]), loaded.model, loaded.inputs, data)
+        measured[Runtime.TFLM] = [tflm.candidate]
+        reference_sizes[Runtime.TFLM] = tflm.float_size_bytes
 
     plans = {
         p.name: planner.plan(measured[exporter.runtime], p, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats)
@@ -144,7 +153,7 @@ def compile_model(
     extra = {
         "model": {"file": model_path.name, "sha256": file_sha256(model_path)},
         # int8 kernels differ by CPU (see packaging), so fidelity figures name where they were measured.
-        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, **_litert_version(tflite)},
+        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, **_litert_version(tflite, tflm)},
         "evaluation": held_out.describe(),
         "calibration": calib.describe() if calib else None,
         "skipped": skipped,
@@ -153,15 +162,22 @@ def compile_model(
     for profile, exporter, target_notes in targets:
         plan = plans[profile.name]
         assert plan.chosen is not None  # checked above
+        vectors, metrics = held_out, {}
         if exporter.runtime is Runtime.LITERT:
             # Package the very bytes that were measured in LiteRT.
             chosen = tflite[plan.chosen.scheme]
             artifact = _tflite_artifact(chosen)
+        elif exporter.runtime is Runtime.TFLM:
+            assert tflm is not None
+            artifact = TFLMArtifacts().artifact(tflm, package=name)
+            # Test vectors hold what the firmware feeds: int8 inputs, and TFLM's int8 outputs.
+            vectors = _quantized(held_out, tflm)
+            metrics = _tflm_metrics(tflm, profile)
         else:
             artifact = exporter.export(results[plan.chosen.scheme].model, loaded.inputs, loaded.outputs)
         out.append(
             _write(
-                plan, plan.chosen, artifact, exporter=exporter, held_out=held_out,
+                plan, plan.chosen, artifact, exporter=exporter, held_out=vectors, metrics=metrics,
                 name=name, version=version, out_dir=Path(out_dir), key=key, reference_size=reference_sizes[exporter.runtime],
                 extra={**extra, "notes": [*notes, *target_notes]},
             )
@@ -192,13 +208,33 @@ def _tflite_artifact(c: LiteRTCandidate) -> Artifact:
                     inputs=c.inputs, outputs=c.outputs)
 
 
-def _litert_version(tflite: dict[str, LiteRTCandidate]) -> dict[str, str]:
-    if not tflite:
+def _litert_version(tflite: dict[str, LiteRTCandidate], tflm: TFLMCandidate | None = None) -> dict[str, str]:
+    if not tflite and tflm is None:
         return {}
     import importlib.metadata
 
-    return {"ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
-            "ai_edge_quantizer": importlib.metadata.version("ai-edge-quantizer")}
+    versions = {"ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
+                "ai_edge_quantizer": importlib.metadata.version("ai-edge-quantizer")}
+    if tflm is not None:
+        versions["tflite_micro"] = importlib.metadata.version("tflite-micro")
+    return versions
+
+
+def _quantized(held_out: Dataset, c: TFLMCandidate) -> Dataset:
+    """The held-out samples as the int8 inputs a TFLM model takes (its input specs' scale and zero point)."""
+    arrays = {s.name: quantize_array(held_out.arrays[s.name], s) for s in c.inputs}
+    return Dataset(arrays=arrays, labels=held_out.labels, synthetic=held_out.synthetic, source=held_out.source)
+
+
+def _tflm_metrics(c: TFLMCandidate, profile: HardwareProfile) -> dict[str, Any]:
+    """What a firmware build needs to know: the arena to reserve and the flash the model takes, against the profile's."""
+    return {
+        "tflm_arena_bytes": c.arena_bytes,
+        "flash_bytes": len(c.tflite_bytes),
+        "ram_available_bytes": profile.memory.ram,
+        "flash_available_bytes": profile.memory.flash,
+        "tflm_max_steps_from_litert": c.max_steps_from_litert,
+    }
 
 
 def _package_name(name: str, *, given: bool) -> str:
@@ -318,11 +354,14 @@ def _write(
     key: Ed25519PrivateKey,
     reference_size: int,
     extra: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
 ) -> CompileResult:
     manifest, files = packaging.build(
         name=name, version=version, plan=plan, candidate=chosen, artifact=artifact, exporter=exporter,
         held_out=held_out, reference_size=reference_size, extra_report=extra,
     )
+    if metrics:
+        manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
     path = packaging.package_path(out_dir, name, plan.profile)
     signed = write_package(path, manifest, files, key)
     log.info("%s: wrote %s (%s, %d bytes)", plan.profile, path, chosen.scheme, chosen.size_bytes)

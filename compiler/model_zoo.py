@@ -15,6 +15,10 @@ MaxPool 2 + Conv 3x3 (16) + Relu + Flatten + Gemm (10) + Softmax, output ``proba
 only the structure matters: a MobileNetV2-style net (depthwise conv, BatchNormalization, Relu6,
 residual Add), a ResNet-style net (basic blocks, a strided 1x1 shortcut) and a DS-CNN keyword
 spotter (asymmetric-padded strided stem on 49x10 MFCCs, depthwise-separable blocks, average pool).
+``yolo_detector`` is a random-weight YOLOv5-style detector (SiLU, Resize + Concat neck, box
+decoding, exporter-style shape arithmetic), and ``rapidocr_model`` finds the real PP-OCR models
+that the ``rapidocr-onnxruntime`` wheel ships; together they are the converter's model set
+(tests/test_convert_modelset.py).
 
 Results are cached in the work directory: a stamp file records the recipe (hyperparameters and the
 scikit-learn version) and the SHA-256 of each file, so a second call with the same recipe and
@@ -567,3 +571,105 @@ def _train_wide_and_write(recipe: WideDigitsRecipe, paths: dict[str, Path]) -> f
     np.savez(paths["calibration"], input=calib)
     np.savez(paths["validation"], input=x_test, labels=y_test.astype(np.int64))
     return accuracy
+
+
+YOLO_CLASSES = 4
+YOLO_ANCHORS = ((10.0, 13.0), (16.0, 30.0), (33.0, 23.0)), ((30.0, 61.0), (62.0, 45.0), (59.0, 119.0))
+"""Anchors (width, height in input pixels) of ``yolo_detector``'s stride-8 and stride-16 heads."""
+
+
+def yolo_detector(seed: int = 0) -> onnx.ModelProto:
+    """A small YOLOv5-style detector on [1, 3, 64, 64] with random weights, as exporters write it.
+
+    Backbone: strided 3x3 Conv + BatchNormalization + SiLU (``x * Sigmoid(x)``) to stride 8 and 16,
+    LeakyRelu at the deepest level. Neck: a 1x1 Conv, nearest ``Resize`` x2 and ``Concat`` with the
+    stride-8 features. Two heads (stride 8 and 16, 3 anchors, ``YOLO_CLASSES`` classes) each do
+    Conv 1x1 -> Reshape [1, 3, 5+C, H, W] -> Transpose -> Reshape [1, 3*H*W, 5+C] -> Sigmoid, then
+    decode boxes like YOLOv5: ``xy = (2 s - 0.5 + grid) * stride``, ``wh = (2 s)^2 * anchor``,
+    scores as they are. The Reshape targets are computed from ``Shape -> Gather -> Unsqueeze -> Concat``
+    as ``torch.onnx`` leaves them, so the converter must fold them. Output ``detections`` is
+    ``[1, 240, 5 + C]``: (x, y, w, h, objectness, class scores) per anchor and cell.
+    """
+    g = _GraphMaker(seed)
+    outputs_per_anchor = 5 + YOLO_CLASSES
+
+    def silu(x: str) -> str:
+        return g.node("Mul", [x, g.node("Sigmoid", [x])])
+
+    def int_const(kind: str, value: int | list[int]) -> str:
+        name = g._name(kind)
+        g.inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        return name
+
+    def batch_of(x: str) -> str:
+        """Unsqueeze(Gather(Shape(x), 0)): the dynamic batch as exporters compute it."""
+        return g.node("Unsqueeze", [g.node("Gather", [g.node("Shape", [x]), int_const("index", 0)], axis=0),
+                                    int_const("axes", [0])])
+
+    x = silu(g.bn(g.conv("input", 3, 16, 3, stride=2), 16))  # 16 x 32 x 32
+    x = silu(g.bn(g.conv(x, 16, 16, 3, stride=2), 16))  # 16 x 16 x 16
+    p3 = silu(g.bn(g.conv(x, 16, 32, 3, stride=2), 32))  # 32 x 8 x 8, stride 8
+    p4 = g.node("LeakyRelu", [g.bn(g.conv(p3, 32, 64, 3, stride=2), 64)], alpha=0.1)  # 64 x 4 x 4, stride 16
+    lateral = silu(g.bn(g.conv(p4, 64, 32, 1, pads=[0, 0, 0, 0]), 32))
+    scales = g.const("scales", np.array([1.0, 1.0, 2.0, 2.0]))
+    up = g.node("Resize", [lateral, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor")  # 32 x 8 x 8
+    fused = silu(g.bn(g.conv(g.node("Concat", [up, p3], axis=1), 64, 32, 3), 32))
+
+    heads = []
+    for features, channels, stride, anchors in ((fused, 32, 8, YOLO_ANCHORS[0]), (lateral, 32, 16, YOLO_ANCHORS[1])):
+        size = 64 // stride
+        raw = g.conv(features, channels, 3 * outputs_per_anchor, 1, pads=[0, 0, 0, 0], bias=True)
+        batch = batch_of(raw)
+        grid_shape = g.node("Concat", [batch, int_const("dims", [3, outputs_per_anchor, size, size])], axis=0)
+        cells = g.node("Transpose", [g.node("Reshape", [raw, grid_shape])], perm=[0, 1, 3, 4, 2])
+        flat_shape = g.node("Concat", [batch, int_const("dims", [3 * size * size, outputs_per_anchor])], axis=0)
+        s = g.node("Sigmoid", [g.node("Reshape", [cells, flat_shape])])  # [1, 3*H*W, 5+C]
+        ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+        grid = np.tile(np.stack([xs, ys], -1).reshape(1, size * size, 2), (1, 3, 1)) - 0.5
+        anchor = np.repeat(np.array(anchors), size * size, axis=0)[None]
+        starts, ends, axes = int_const("starts", [0]), int_const("ends", [2]), int_const("axes", [2])
+        xy = g.node("Slice", [s, starts, ends, axes])
+        wh = g.node("Slice", [s, ends, int_const("ends", [4]), axes])
+        scores = g.node("Slice", [s, int_const("starts", [4]), int_const("ends", [outputs_per_anchor]), axes])
+        two = g.const("two", np.array(2.0))
+        xy = g.node("Mul", [g.node("Add", [g.node("Mul", [xy, two]), g.const("grid", grid)]), g.const("stride", np.array(stride))])
+        wh = g.node("Mul", [g.node("Pow", [g.node("Mul", [wh, two]), two]), g.const("anchor", anchor)])
+        heads.append(g.node("Concat", [xy, wh, scores], axis=2))
+    detections = helper.make_node("Concat", heads, ["detections"], name="detections", axis=1)
+    boxes = 3 * sum((64 // stride) ** 2 for stride in (8, 16))
+    graph = helper.make_graph(
+        [*g.nodes, detections], "yolo_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, boxes, outputs_per_anchor])],
+        g.inits,
+    )
+    return _finish(graph)
+
+
+RAPIDOCR_MODELS = {
+    "ppocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", [1, 3, 48, 192]),
+    "ppocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", [1, 3, 48, 320]),
+    "ppocr_det": ("ch_PP-OCRv4_det_infer.onnx", [1, 3, 160, 160]),
+}
+"""Real PP-OCR models shipped inside the ``rapidocr-onnxruntime`` wheel (the ``test`` extra): the
+text-direction classifier, the v4 recogniser and the v4 detector, with the static input shape
+used to convert each (the ONNX inputs have a dynamic batch, height or width)."""
+
+
+def rapidocr_model(name: str) -> tuple[Path, list[int]]:
+    """The installed ONNX file of ``RAPIDOCR_MODELS[name]`` and its input shape; nothing is downloaded.
+
+    Found through the package's installed file list, so ``rapidocr_onnxruntime`` (and OpenCV) is not imported.
+    """
+    from importlib import metadata
+
+    filename, shape = RAPIDOCR_MODELS[name]
+    try:
+        files = metadata.files("rapidocr-onnxruntime") or []
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError("rapidocr-onnxruntime is not installed (pip install 'edgefleet[test]')") from None
+    for f in files:
+        if f.name == filename:
+            return Path(str(f.locate())), list(shape)
+    raise FileNotFoundError(f"rapidocr-onnxruntime is installed but has no {filename}")

@@ -9,7 +9,8 @@ A candidate is feasible for a profile when
    (default 99%) when the model has a classifier output, otherwise SQNR >= ``min_sqnr_db``
    (default 30 dB, i.e. noise power 1/1000 of the signal's),
 4. its model file fits the profile's storage (flash on a microcontroller), and
-5. its rough RAM need (model bytes + the largest activations of one operator) fits the profile's RAM.
+5. its rough RAM need (model bytes + the largest activations of one operator) fits the profile's RAM;
+   for TFLite Micro it is the tensor arena measured in TFLM (the model itself stays in flash).
 
 Among feasible candidates the planner prefers, in order: a number format the profile marks fast;
 static over runtime (dynamic) quantization, because dynamic quantization recomputes activation
@@ -121,9 +122,15 @@ def check(candidate: Candidate, profile: HardwareProfile, budget: Budget, carrie
     storage = profile.memory.flash if profile.memory.flash is not None else profile.memory.storage
     where = "flash" if profile.memory.flash is not None else "storage"
     if storage is not None and c.size_bytes > storage:
-        problems.append(f"model {human_bytes(c.size_bytes)} > {human_bytes(storage)} {where}")
+        exact = f" ({c.size_bytes} bytes > {storage} bytes)" if where == "flash" else ""
+        problems.append(f"model {human_bytes(c.size_bytes)} > {human_bytes(storage)} {where}{exact}")
     if c.ram_bytes > profile.memory.ram:
-        problems.append(f"needs ~{human_bytes(c.ram_bytes)} RAM > {human_bytes(profile.memory.ram)}")
+        if c.config.get("runtime") == "tflm":
+            # Measured, not estimated: the tensor arena TFLite Micro needed (the model stays in flash).
+            problems.append(f"TFLM tensor arena {human_bytes(c.ram_bytes)} ({c.ram_bytes} bytes) > "
+                            f"{human_bytes(profile.memory.ram)} RAM ({profile.memory.ram} bytes)")
+        else:
+            problems.append(f"needs ~{human_bytes(c.ram_bytes)} RAM > {human_bytes(profile.memory.ram)}")
     return Verdict(candidate=c, problems=tuple(problems), fast=c.number_format in profile.fast_formats())
 
 
@@ -165,6 +172,11 @@ def _reason(
     if chosen is None:
         parts.append(f"No candidate fits {profile.name} within the budget ({budget.describe(classifier)}).")
         parts.extend(f"{v.candidate.scheme}: {'; '.join(v.problems)}." for v in rejected)
+        if any(" RAM" in problem or " flash" in problem or " storage" in problem for v in rejected for problem in v.problems):
+            parts.append(
+                "To fit the memory, prune channels, cluster weights, or choose a smaller model "
+                "(`edgefleet compress` runs pruning and clustering pipelines), or choose a profile with more memory."
+            )
         parts.append(
             "Try a looser budget (--min-agreement / --min-sqnr), calibration data that represents real inputs, "
             "or a profile with more memory."

@@ -5,7 +5,7 @@ specs for one runtime, and runs the exported model so test vectors come from the
 device gets. ``EXPORTERS`` maps a runtime name to its exporter; a profile is served by the first
 of its runtimes (in the profile's order of preference) that has one.
 
-Two runtimes are implemented:
+Three runtimes are implemented:
 
 - onnxruntime: the exported file is the ONNX candidate itself (fp32, int8 QDQ, dynamic int8).
 - LiteRT (``LiteRTTarget``): a ``.tflite`` in fp32, fp16 or int8. Its candidates
@@ -14,8 +14,12 @@ Two runtimes are implemented:
   test vectors. Phones list litert first and get it; Raspberry Pi and generic Linux profiles list
   onnxruntime first and stay on it (see docs/compiler.md).
 
-TFLite Micro (microcontrollers) is not implemented: a profile that lists only tflm fails with
-``TargetNotImplemented`` before any work is done.
+- TFLite Micro (``TFLMTarget``, microcontrollers): a full-integer int8 ``.tflite`` with int8
+  inputs and outputs, plus ``model_data.cc``/``.h`` for the firmware. Its one candidate,
+  ``tflm-int8``, is made and measured (fidelity, tensor arena, flash) by ``tflm.candidates``;
+  ``compile_model`` packages those bytes (see docs/tflm.md).
+
+A profile whose runtimes have no exporter fails with ``TargetNotImplemented`` before any work is done.
 """
 
 from __future__ import annotations
@@ -125,7 +129,36 @@ class LiteRTTarget:
         return LiteRTExporter().run_reference(artifact, feeds)
 
 
-EXPORTERS: dict[Runtime, Exporter] = {Runtime.ONNXRUNTIME: OnnxRuntimeExporter(), Runtime.LITERT: LiteRTTarget()}
+class TFLMTarget:
+    """Full-integer int8 TFLite for TFLite Micro; the work is ``tflm.target.TFLMTarget``'s (imported on first use).
+
+    There is no ``export`` from ONNX: the package carries the measured ``tflm-int8`` candidate's
+    bytes (``compile_model`` calls ``tflm.target.TFLMTarget.artifact``). ``run`` runs TFLM on int8
+    inputs, ``run_reference`` LiteRT's builtin reference kernels.
+    """
+
+    runtime = Runtime.TFLM
+    formats = frozenset({NumberFormat.INT8})
+
+    def export(self, model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Artifact:
+        from edgefleet.compiler.tflm.target import TFLMTarget as Impl
+
+        return Impl().export(model, inputs, outputs)
+
+    def run(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        from edgefleet.compiler.tflm.target import TFLMTarget as Impl
+
+        return Impl().run(artifact, feeds)
+
+    def run_reference(self, artifact: Artifact, feeds: Sequence[Feed]) -> list[np.ndarray]:
+        from edgefleet.compiler.tflm.target import TFLMTarget as Impl
+
+        return Impl().run_reference(artifact, feeds)
+
+
+EXPORTERS: dict[Runtime, Exporter] = {
+    Runtime.ONNXRUNTIME: OnnxRuntimeExporter(), Runtime.LITERT: LiteRTTarget(), Runtime.TFLM: TFLMTarget(),
+}
 
 _NEEDS = {
     Runtime.LITERT: "a TFLite target (LiteRT)",

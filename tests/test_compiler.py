@@ -162,7 +162,7 @@ def test_when_no_candidate_fits_the_profile_nothing_is_written(digits_mlp: model
         (["corrupt.onnx", "--profile", "raspberry-pi-4"], "corrupt.onnx: not an ONNX model"),
         (["MODEL", "--profile", "raspbery-pi-4"], "did you mean 'raspberry-pi-4'?"),
         (["MODEL", "--profile", "arduino-nano-33-ble-sense"],
-         "profile 'arduino-nano-33-ble-sense' runs ['tflm']: it needs a TFLite Micro target, which is not implemented yet"),
+         "a microcontroller package is full-integer int8, which needs calibration samples"),
         (["MODEL", "--profile", "raspberry-pi-4", "--calibration", "shape.npz"],
          "array 'input' has shape [10, 63] but input 'input' is [1, 64]"),
         (["MODEL", "--profile", "raspberry-pi-4", "--calibration", "keys.npz"],

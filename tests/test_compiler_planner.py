@@ -117,13 +117,36 @@ def test_fidelity_on_random_inputs_is_called_out() -> None:
     assert "measured on random inputs" in p.reason
 
 
-def test_a_microcontroller_needs_the_tflite_micro_target_which_does_not_exist_yet() -> None:
+def test_a_microcontroller_is_served_by_the_tflite_micro_target_in_int8_only() -> None:
+    mcu = profile(name="tiny-mcu", kind="mcu", runtimes=["tflm"],
+                  memory={"ram": "256 KiB", "flash": "1 MiB", "bandwidth_gbps": 0.1})
+    exporter, notes = exporter_for(mcu)
+    assert exporter.runtime is Runtime.TFLM and notes == ()
+    assert exporter.formats == frozenset({NumberFormat.INT8})
+
+
+def test_a_runtime_without_an_exporter_fails_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefleet.compiler import targets
+
+    monkeypatch.delitem(targets.EXPORTERS, Runtime.TFLM)
     mcu = profile(name="tiny-mcu", kind="mcu", runtimes=["tflm"],
                   memory={"ram": "256 KiB", "flash": "1 MiB", "bandwidth_gbps": 0.1})
     with pytest.raises(TargetNotImplemented, match=r"profile 'tiny-mcu' runs \['tflm'\]: it needs a TFLite Micro target, "
                                                    r"which is not implemented yet") as info:
         exporter_for(mcu)
     assert info.value.runtimes == ("tflm",)
+
+
+def test_a_tflm_candidate_that_does_not_fit_is_refused_with_measured_bytes_and_what_to_try() -> None:
+    mcu = profile(name="tiny-mcu", kind="mcu", runtimes=["tflm"], formats={"int8": "fast", "fp32": "supported"},
+                  memory={"ram": "256 KiB", "flash": "1 MiB", "bandwidth_gbps": 0.1})
+    c = candidate("tflm-int8", 2 * 1024 * KiB, classifier(1.0))
+    c = Candidate(**{**c.__dict__, "ram_bytes": 300 * KiB, "config": {"runtime": "tflm"}})
+    p = plan([c], mcu, runtime="tflm", carried=frozenset({NumberFormat.INT8}))
+    assert p.chosen is None
+    assert "model 2.0 MiB > 1.0 MiB flash (2097152 bytes > 1048576 bytes)" in p.reason
+    assert "TFLM tensor arena 300.0 KiB (307200 bytes) > 256.0 KiB RAM (262144 bytes)" in p.reason
+    assert "prune channels, cluster weights, or choose a smaller model" in p.reason
 
 
 def test_a_phone_that_prefers_litert_is_served_by_litert_and_a_pi_stays_on_onnxruntime() -> None:

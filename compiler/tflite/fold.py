@@ -5,7 +5,8 @@
 * every input has the static shape given (``input_shapes``) or its symbolic batch fixed to 1,
 * ``Constant`` nodes and every node whose inputs are all constant (shape arithmetic such as
   Shape -> Gather -> Concat -> Reshape) are evaluated with ``onnx.reference`` into initializers,
-  ``Shape`` of a statically shaped tensor included,
+  ``Shape`` of a statically shaped tensor included; folding and shape inference alternate until
+  a round folds nothing, so shape arithmetic downstream of a folded Reshape target folds too,
 * a ``BatchNormalization`` that is the only consumer of a ``Conv`` with constant weights is folded
   into that Conv's weights and bias,
 * ``MatMul`` with a constant 2-D right operand followed by an ``Add`` of a constant vector becomes
@@ -35,6 +36,7 @@ from edgefleet.compiler.tflite.errors import ConversionError
 INTERNAL_DOMAIN = "edgefleet.tflite"
 """Domain of the nodes ``prepare`` writes for patterns that are one TFLite op (``Gelu``)."""
 
+_MAX_FOLD_ROUNDS = 8
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -57,7 +59,16 @@ def prepare(model: onnx.ModelProto, *, input_shapes: dict[str, list[int]] | None
     notes: list[str] = []
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     shapes = _infer(model)
-    folded = _fold_constants(model, constants, shapes, opset)
+    folded = 0
+    for _ in range(_MAX_FOLD_ROUNDS):
+        # A shape computed by one round (a Reshape target) lets inference reach tensors whose
+        # Shape -> Gather -> Concat the next round folds; stop when a round folds nothing new.
+        newly = _fold_constants(model, constants, shapes, opset)
+        folded += newly
+        if not newly:
+            break
+        _rebuild(model, constants, shapes)
+        shapes = {**_infer(model), **{k: tuple(v.shape) for k, v in constants.items()}}
     if folded:
         notes.append(f"folded {folded} constant node(s) (shape arithmetic and constant subgraphs)")
     notes += _fold_batchnorm(model, constants)
