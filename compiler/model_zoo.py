@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,32 +80,30 @@ class DigitsRecipe:
 
 def digits_mlp(workdir: Path | str, recipe: DigitsRecipe = DigitsRecipe()) -> ZooModel:
     """The digits MLP in ``workdir`` (created if needed), trained only if the cache does not match."""
+    return _trained(workdir, "digits_mlp", recipe.key(), lambda paths: _train_and_write(recipe, paths),
+                    data_prefix="digits")
+
+
+def _trained(workdir: Path | str, name: str, key: str, train: Callable[[dict[str, Path]], float],
+             *, data_prefix: str | None = None) -> ZooModel:
+    """The model ``name`` in ``workdir`` (created if needed); ``train`` writes it only if the cache does not match."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    name = "digits_mlp"
+    prefix = data_prefix or name
     paths = {
         "onnx": workdir / f"{name}.onnx",
-        "calibration": workdir / "digits_calibration.npz",
-        "validation": workdir / "digits_validation.npz",
+        "calibration": workdir / f"{prefix}_calibration.npz",
+        "validation": workdir / f"{prefix}_validation.npz",
     }
     stamp = workdir / f"{name}.stamp.json"
-    cached = _cached(stamp, paths, recipe.key())
-    if cached is not None:
-        accuracy = cached
-    else:
-        accuracy = _train_and_write(recipe, paths)
+    accuracy = _cached(stamp, paths, key)
+    if accuracy is None:
+        accuracy = train(paths)
         stamp.write_text(
-            json.dumps(
-                {"recipe": recipe.key(), "accuracy": accuracy, "sha256": {k: _sha256(p) for k, p in paths.items()}}, indent=2
-            )
+            json.dumps({"recipe": key, "accuracy": accuracy, "sha256": {k: _sha256(p) for k, p in paths.items()}}, indent=2)
         )
-    return ZooModel(
-        name=name,
-        onnx_path=paths["onnx"],
-        calibration_path=paths["calibration"],
-        validation_path=paths["validation"],
-        accuracy=accuracy,
-    )
+    return ZooModel(name=name, onnx_path=paths["onnx"], calibration_path=paths["calibration"],
+                    validation_path=paths["validation"], accuracy=accuracy)
 
 
 def _cached(stamp: Path, paths: dict[str, Path], key: str) -> float | None:
@@ -208,29 +207,7 @@ class CnnRecipe:
 
 def digits_cnn(workdir: Path | str, recipe: CnnRecipe = CnnRecipe()) -> ZooModel:
     """The digits CNN in ``workdir`` (created if needed), trained with numpy only if the cache does not match."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    name = "digits_cnn"
-    paths = {
-        "onnx": workdir / f"{name}.onnx",
-        "calibration": workdir / f"{name}_calibration.npz",
-        "validation": workdir / f"{name}_validation.npz",
-    }
-    stamp = workdir / f"{name}.stamp.json"
-    cached = _cached(stamp, paths, recipe.key())
-    if cached is not None:
-        accuracy = cached
-    else:
-        accuracy = _train_cnn_and_write(recipe, paths)
-        stamp.write_text(
-            json.dumps(
-                {"recipe": recipe.key(), "accuracy": accuracy, "sha256": {k: _sha256(p) for k, p in paths.items()}}, indent=2
-            )
-        )
-    return ZooModel(
-        name=name, onnx_path=paths["onnx"], calibration_path=paths["calibration"], validation_path=paths["validation"],
-        accuracy=accuracy,
-    )
+    return _trained(workdir, "digits_cnn", recipe.key(), lambda paths: _train_cnn_and_write(recipe, paths))
 
 
 def _im2col(x: np.ndarray) -> np.ndarray:
@@ -488,11 +465,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main(sys.argv[1:]))
-
-
 @dataclass(frozen=True)
 class WideDigitsRecipe:
     """An over-parameterised digits MLP (64-512-512-10, about 300k weights) for compression benchmarks:
@@ -514,29 +486,7 @@ class WideDigitsRecipe:
 
 def digits_mlp_wide(workdir: Path | str, recipe: WideDigitsRecipe = WideDigitsRecipe()) -> ZooModel:
     """The over-parameterised digits MLP in ``workdir``, trained (a few seconds) only if the cache does not match."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    name = "digits_mlp_wide"
-    paths = {
-        "onnx": workdir / f"{name}.onnx",
-        "calibration": workdir / f"{name}_calibration.npz",
-        "validation": workdir / f"{name}_validation.npz",
-    }
-    stamp = workdir / f"{name}.stamp.json"
-    cached = _cached(stamp, paths, recipe.key())
-    if cached is not None:
-        accuracy = cached
-    else:
-        accuracy = _train_wide_and_write(recipe, paths)
-        stamp.write_text(
-            json.dumps(
-                {"recipe": recipe.key(), "accuracy": accuracy, "sha256": {k: _sha256(p) for k, p in paths.items()}}, indent=2
-            )
-        )
-    return ZooModel(
-        name=name, onnx_path=paths["onnx"], calibration_path=paths["calibration"], validation_path=paths["validation"],
-        accuracy=accuracy,
-    )
+    return _trained(workdir, "digits_mlp_wide", recipe.key(), lambda paths: _train_wide_and_write(recipe, paths))
 
 
 def _train_wide_and_write(recipe: WideDigitsRecipe, paths: dict[str, Path]) -> float:
@@ -673,3 +623,7 @@ def rapidocr_model(name: str) -> tuple[Path, list[int]]:
         if f.name == filename:
             return Path(str(f.locate())), list(shape)
     raise FileNotFoundError(f"rapidocr-onnxruntime is installed but has no {filename}")
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(main(sys.argv[1:]))
