@@ -534,23 +534,7 @@ class TelemetryStore:
     # --- reads -------------------------------------------------------------------------
 
     def devices(self) -> list[DeviceRow]:
-        return [
-            DeviceRow(
-                device_id=r["id"],
-                profile=r["profile"],
-                simulated=bool(r["simulated"]),
-                status=r["status"],
-                groups=tuple(json.loads(r["groups"])),
-                package_id=r["package_id"],
-                model_name=r["model_name"],
-                model_version=r["model_version"],
-                runtime=r["runtime"],
-                agent_version=r["agent_version"],
-                last_seen=r["last_seen"],
-                runtimes=json.loads(r["runtimes"]),
-            )
-            for r in self._read("SELECT * FROM devices ORDER BY id")
-        ]
+        return [_device_row(r) for r in self._read("SELECT * FROM devices ORDER BY id")]
 
     def latest_benchmarks(self) -> list[BenchmarkRow]:
         """The newest report for each (device, package), ordered by device then newest first."""

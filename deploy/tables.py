@@ -118,14 +118,14 @@ def render_telemetry(records: Sequence[dict[str, Any]]) -> str:
             r["device"],
             (r["profile"] or EMPTY) + (" (sim)" if r["simulated"] else ""),
             r["model"],
-            _num(r["p50_ms"]),
-            _num(r["p90_ms"]),
-            _num(r["p99_ms"]),
-            _num(r["throughput_ips"]),
-            _num(r["peak_rss_mb"]),
-            _num(r["power_w"]),
+            format_number(r["p50_ms"]),
+            format_number(r["p90_ms"]),
+            format_number(r["p99_ms"]),
+            format_number(r["throughput_ips"]),
+            format_number(r["peak_rss_mb"]),
+            format_number(r["power_w"]),
             r["power_source"],
-            _num(r["energy_mj"]),
+            format_number(r["energy_mj"]),
         )
         for r in records
     ]
@@ -137,7 +137,7 @@ def telemetry_table(benchmarks: Sequence[BenchmarkRow], devices: Sequence[Device
     return render_telemetry(telemetry_records(benchmarks, devices))
 
 
-def _num(x: float | None) -> str | None:
+def format_number(x: float | None) -> str | None:
     """Three significant figures or so, without scientific notation: 812, 45.2, 1.23, 0.042."""
     if x is None:
         return None

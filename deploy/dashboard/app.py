@@ -28,6 +28,7 @@ from typing import Any
 from edgefleet.deploy.dashboard import views
 from edgefleet.deploy.metrics import CONTENT_TYPE, render_metrics
 from edgefleet.deploy.store import TelemetryStore
+from edgefleet.deploy.tables import format_number
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,15 +48,7 @@ def format_value(value: Any, kind: str = "text") -> str:
     if value is None or value == "":
         return "-"
     if kind == "num":
-        x = float(value)
-        magnitude = abs(x)
-        if magnitude >= 100:
-            return f"{x:.0f}"
-        if magnitude >= 10:
-            return f"{x:.1f}"
-        if magnitude >= 1:
-            return f"{x:.2f}"
-        return f"{x:.3f}"
+        return format_number(float(value)) or "-"
     if kind == "bool":
         return "yes" if value else "no"
     if kind == "time":
