@@ -1,24 +1,32 @@
-"""Converter and quantization benchmark: LiteRT fp32/int8 next to onnxruntime fp32/int8, one table per model.
+"""Converter and quantization benchmark: where int8 TFLite bytes go, and LiteRT next to onnxruntime, fp32 and int8.
 
-    .venv/bin/python bench/convert_bench.py [--runs 200] [--workdir /tmp/edgefleet-bench]
+    nice .venv/bin/python bench/convert_bench.py [--runs 100] [--sections size,latency] [--workdir DIR]
 
-For the digits MLP and CNN (``model_zoo``), on the 450 held-out digits, with the 200 calibration
-digits for every int8 variant:
+Three sections (``--sections``), printed as Markdown tables:
 
-- LiteRT (XNNPACK, 1 thread): fp32 ``.tflite`` from ``tflite.convert``; int8 from ``tflite.quantize``
-  (ai-edge-quantizer ``static_wi8_ai8``, float inputs/outputs);
-- onnxruntime (CPU, 1 thread): the fp32 ONNX; edgefleet's ``int8-static`` pass (QDQ, per-channel
-  weights, the compiler's settings); and ``quantize_static`` with onnxruntime's defaults
-  (per-tensor weights) on the same calibration data.
-
-Columns: file size, top-1 agreement and SQNR against the fp32 ONNX model, accuracy on the labels,
-median latency of one inference over ``--runs`` runs (after 20 warm-up runs), and the time to
-make the file (conversion, quantization including calibration). Prints Markdown tables.
+- ``size``: for every model of the converter's set, the fp32 and full-integer int8 ``.tflite``
+  (``tflite.convert`` then ``tflite.quantize(..., "int8")``: ai-edge-quantizer ``static_wi8_ai8``,
+  per-channel weights, float inputs/outputs, buffers compacted) and where the int8 file's bytes go
+  (``tflite.flatbuffer.size_breakdown``): int8 weights, int32 biases, float constants left,
+  per-channel scales + int64 zero points, names, and the rest of the flatbuffer (tables, shapes,
+  op codes, signature, alignment). Sizes do not depend on the calibration data, so the random-weight
+  nets calibrate on 16 random inputs.
+- ``latency``: per conv net, five variants side by side in one process: LiteRT (XNNPACK, 1 thread)
+  fp32 and int8, onnxruntime (CPU, 1 thread) fp32, edgefleet's ``int8-static`` pass (QDQ,
+  per-channel weights) and ``quantize_static`` with onnxruntime's defaults (per-tensor weights) on
+  the same calibration samples. Runs are interleaved (each round runs every variant once, in a
+  rotating order) so load on the shared machine hits all variants alike; the median of ``--runs``
+  rounds after warm-up is reported. Fidelity (top-1 agreement, SQNR) is against the fp32 ONNX model
+  on held-out inputs: 450 held-out digits for the digits nets, 32 other random inputs otherwise.
+  The digits CNN's rows also give accuracy on the labels.
+- ``kernels``: LiteRT fp32 and int8 of single conv layers (3x3, 1x1, depthwise) at 16 to 256
+  channels, interleaved the same way: where XNNPACK's int8 kernels beat fp32 on this CPU and where not.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
 import logging
 import os
 import platform
@@ -26,7 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,53 +44,77 @@ import onnxruntime as ort
 from ai_edge_litert.interpreter import Interpreter
 
 from edgefleet.compiler import calibration, fidelity, inference, model_zoo
+from edgefleet.compiler.inference import Feed
 from edgefleet.compiler.passes import PassData, StaticInt8, StaticInt8Config
-from edgefleet.compiler.tflite import convert
+from edgefleet.compiler.tflite import convert, flatbuffer
 from edgefleet.compiler.tflite.quantize import quantize
 
-WARMUP = 20
+WARMUP = 10
+RANDOM_CALIBRATION = 16
+RANDOM_HELD_OUT = 32
 
 
-def _median_ms(run: Callable[[], object], runs: int) -> float:
-    for _ in range(WARMUP):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        run()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e6
+@dataclass(frozen=True)
+class Subject:
+    """A model to measure, with its calibration and held-out samples."""
+
+    name: str
+    model: onnx.ModelProto
+    calib: calibration.Dataset
+    held_out: calibration.Dataset
+    input_shapes: dict[str, list[int]] | None = None
 
 
-def _litert(data: bytes, feeds: Sequence[dict[str, np.ndarray]], runs: int) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    size: int
+    run: Callable[[Feed], np.ndarray]
+    """One inference: feed in, first output out (a view; copy to keep)."""
+    made: str
+
+
+def _digits(make: Callable[[Path], model_zoo.ZooModel], workdir: Path) -> Subject:
+    zoo = make(workdir)
+    model = onnx.load(zoo.onnx_path)
+    specs = convert(model).inputs
+    return Subject(zoo.name, model, calibration.load_dataset(zoo.calibration_path, specs),
+                   calibration.load_dataset(zoo.validation_path, specs))
+
+
+def _random(name: str, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Subject:
+    specs = convert(model, input_shapes=input_shapes).inputs
+    return Subject(name, model, calibration.synthetic(specs, count=RANDOM_CALIBRATION, seed=0),
+                   calibration.synthetic(specs, count=RANDOM_HELD_OUT, seed=1), input_shapes)
+
+
+def _ppocr(name: str) -> Subject:
+    path, shape = model_zoo.rapidocr_model(name)
+    model = onnx.load(str(path))
+    return _random(name, model, {model.graph.input[0].name: shape})
+
+
+def _litert(data: bytes) -> Callable[[Feed], np.ndarray]:
     it = Interpreter(model_content=data, num_threads=1)
     it.allocate_tensors()
     (inp,) = it.get_input_details()
-    (out,) = it.get_output_details()
-    outputs = []
-    for feed in feeds:
-        it.set_tensor(inp["index"], feed[inp["name"]])
-        it.invoke()
-        outputs.append(it.get_tensor(out["index"]).copy())
-    first = feeds[0][inp["name"]]
+    out = it.get_output_details()[0]
 
-    def once() -> np.ndarray:
+    def run(feed: Feed) -> np.ndarray:
         # Feed, run and read back, as session.run does for onnxruntime.
-        it.set_tensor(inp["index"], first)
+        it.set_tensor(inp["index"], feed[inp["name"]])
         it.invoke()
         return it.get_tensor(out["index"])
 
-    return np.stack(outputs), _median_ms(once, runs)
+    return run
 
 
-def _ort(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], runs: int) -> tuple[np.ndarray, float]:
+def _ort(model: onnx.ModelProto) -> Callable[[Feed], np.ndarray]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    outputs = np.stack([session.run(None, dict(f))[0] for f in feeds])
-    first = dict(feeds[0])
-    return outputs, _median_ms(lambda: session.run(None, first), runs)
+    return lambda feed: session.run(None, dict(feed))[0]
 
 
 def _ort_defaults(model: onnx.ModelProto, calib: calibration.Dataset) -> onnx.ModelProto:
@@ -101,54 +134,133 @@ def _ort_defaults(model: onnx.ModelProto, calib: calibration.Dataset) -> onnx.Mo
         return onnx.load(str(dst))
 
 
-def bench(zoo: model_zoo.ZooModel, runs: int) -> list[str]:
-    model = onnx.load(zoo.onnx_path)
-    held_out_specs = convert(model).inputs
-    calib = calibration.load_dataset(zoo.calibration_path, held_out_specs)
-    held_out = calibration.load_dataset(zoo.validation_path, held_out_specs)
-    feeds = list(held_out.feeds())
-    reference = inference.run_model(model, feeds)[0]
-    rows: list[tuple[str, int, np.ndarray, float, str]] = []
-
+def _timed(make: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
-    converted = convert(model)
-    t_convert = time.perf_counter() - start
-    out, ms = _litert(converted.tflite_bytes, feeds, runs)
-    rows.append(("LiteRT fp32 (edgefleet convert)", len(converted.tflite_bytes), out, ms, f"convert {1000 * t_convert:.0f} ms"))
+    value = make()
+    return value, time.perf_counter() - start
 
-    start = time.perf_counter()
-    q = quantize(converted.tflite_bytes, "int8", calibration=list(calib.feeds()))
-    t_quant = time.perf_counter() - start
-    out, ms = _litert(q.tflite_bytes, feeds, runs)
-    rows.append(("LiteRT int8 (ai-edge-quantizer static_wi8_ai8)", q.size_bytes, out, ms,
-                 f"convert {1000 * t_convert:.0f} ms + quantize {1000 * t_quant:.0f} ms"))
 
-    out, ms = _ort(model, feeds, runs)
-    rows.append(("onnxruntime fp32", model.ByteSize(), out, ms, "-"))
-
-    start = time.perf_counter()
-    ours = StaticInt8(StaticInt8Config()).apply(model, PassData(evaluation=held_out, calibration=calib)).model
-    t_ours = time.perf_counter() - start
-    out, ms = _ort(ours, feeds, runs)
-    rows.append(("onnxruntime int8, edgefleet int8-static (QDQ, per-channel)", ours.ByteSize(), out, ms, f"quantize {1000 * t_ours:.0f} ms"))
-
-    start = time.perf_counter()
-    defaults = _ort_defaults(model, calib)
-    t_def = time.perf_counter() - start
-    out, ms = _ort(defaults, feeds, runs)
-    rows.append(("onnxruntime int8, quantize_static defaults (per-tensor)", defaults.ByteSize(), out, ms, f"quantize {1000 * t_def:.0f} ms"))
-
-    lines = [
-        f"### {zoo.name} ({len(feeds)} held-out digits, {len(calib)} calibration digits, median of {runs} runs, 1 thread)",
-        "",
-        "| variant | size (bytes) | top-1 agreement | SQNR dB | accuracy | latency (µs) | time to make |",
-        "|---|---|---|---|---|---|---|",
+def _variants(s: Subject) -> list[Variant]:
+    converted, t_convert = _timed(lambda: convert(s.model, input_shapes=s.input_shapes))
+    q, t_quant = _timed(lambda: quantize(converted.tflite_bytes, "int8", calibration=list(s.calib.feeds())))
+    ours, t_ours = _timed(lambda: StaticInt8(StaticInt8Config()).apply(s.model, PassData(evaluation=s.held_out, calibration=s.calib)).model)
+    defaults, t_def = _timed(lambda: _ort_defaults(s.model, s.calib))
+    return [
+        Variant("LiteRT fp32 (edgefleet convert)", len(converted.tflite_bytes), _litert(converted.tflite_bytes),
+                f"convert {1000 * t_convert:.0f} ms"),
+        Variant("LiteRT int8 (ai-edge-quantizer static_wi8_ai8)", q.size_bytes, _litert(q.tflite_bytes),
+                f"+ quantize {1000 * t_quant:.0f} ms"),
+        Variant("onnxruntime fp32", s.model.ByteSize(), _ort(s.model), "-"),
+        Variant("onnxruntime int8, edgefleet int8-static (QDQ, per-channel)", ours.ByteSize(), _ort(ours),
+                f"quantize {1000 * t_ours:.0f} ms"),
+        Variant("onnxruntime int8, quantize_static defaults (QDQ, per-tensor)", defaults.ByteSize(), _ort(defaults),
+                f"quantize {1000 * t_def:.0f} ms"),
     ]
-    for name, size, out, ms, made in rows:
-        f = fidelity.compare(["p"], [reference], [out.astype(np.float32)], labels=held_out.labels)
+
+
+def _interleaved(variants: list[Variant], feed: Feed, runs: int) -> list[float]:
+    """Median milliseconds of one inference per variant, rounds interleaved in a rotating order."""
+    for v in variants:
+        for _ in range(WARMUP):
+            v.run(feed)
+    times: list[list[int]] = [[] for _ in variants]
+    for r in range(runs):
+        for k in range(len(variants)):
+            i = (r + k) % len(variants)
+            start = time.perf_counter_ns()
+            variants[i].run(feed)
+            times[i].append(time.perf_counter_ns() - start)
+    return [statistics.median(t) / 1e6 for t in times]
+
+
+def latency_table(s: Subject, runs: int) -> list[str]:
+    variants = _variants(s)
+    feeds = list(s.held_out.feeds())
+    reference = inference.run_model(s.model, feeds)[0]
+    medians = _interleaved(variants, feeds[0], runs)
+    shape = list(next(iter(s.held_out.arrays.values())).shape[1:])
+    data = f"{len(feeds)} held-out digits" if s.held_out.labels is not None else f"{len(feeds)} random inputs"
+    lines = [
+        f"#### {s.name}, input {shape} ({data}, {len(s.calib)} calibration samples; median of {runs} interleaved runs, 1 thread)",
+        "",
+        "| variant | size (bytes) | top-1 agreement | SQNR dB | accuracy | latency (µs) | vs fp32, same runtime | time to make |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, (v, ms) in enumerate(zip(variants, medians, strict=True)):
+        out = np.stack([v.run(f).copy() for f in feeds]).astype(np.float32)
+        f = fidelity.compare(["y"], [reference], [out], labels=s.held_out.labels)
+        base = medians[0] if i < 2 else medians[2]
+        top1 = "-" if f.top1_agreement is None else f"{100 * f.top1_agreement:.2f}%"
+        accuracy = "-" if f.accuracy is None else f"{100 * f.accuracy:.2f}%"
         sqnr = "exact" if f.sqnr_db is None else f"{f.sqnr_db:.1f}"
-        lines.append(f"| {name} | {size:,} | {100 * (f.top1_agreement or 0):.2f}% | {sqnr} | "
-                     f"{100 * (f.accuracy or 0):.2f}% | {1000 * ms:.1f} | {made} |")
+        lines.append(f"| {v.name} | {v.size:,} | {top1} | {sqnr} | {accuracy} | {1000 * ms:,.0f} | {ms / base:.2f}x | {v.made} |")
+    return lines
+
+
+def size_rows(s: Subject) -> str:
+    fp32 = convert(s.model, input_shapes=s.input_shapes).tflite_bytes
+    q = quantize(fp32, "int8", calibration=list(s.calib.feeds()))
+    b = flatbuffer.size_breakdown(q.tflite_bytes)
+    const_fp32 = flatbuffer.size_breakdown(fp32).constant_bytes
+    other = b.constant_bytes - b.constants.get("INT8", 0) - b.constants.get("INT32", 0)
+    return (f"| {s.name} | {len(fp32):,} | {q.size_bytes:,} | **{len(fp32) / q.size_bytes:.2f}x** | "
+            f"{const_fp32 / b.constant_bytes:.2f}x | {b.constants.get('INT8', 0):,} | {b.constants.get('INT32', 0):,} | "
+            f"{other:,} | {b.quantization_params:,} ({100 * b.quantization_params / b.total:.0f}%) | {b.names:,} | "
+            f"{b.structure:,} | {len(fp32) / (b.total - b.quantization_params):.2f}x |")
+
+
+SIZE_HEADER = [
+    ("| model | fp32 bytes | int8 bytes | file ratio | constants ratio | int8 weights | int32 (biases, shapes) | "
+     "other constants | scales + zero points (share of file) | names | tables, shapes, alignment | ratio without scales/zero points |"),
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def subjects(section: str, workdir: Path) -> list[Subject]:
+    digits = [_digits(model_zoo.digits_mlp, workdir), _digits(model_zoo.digits_cnn, workdir)]
+    if section == "latency":
+        return [*digits[1:],
+                _random("mobilenetv2_block (size 128, width 32)", model_zoo.mobilenetv2_block(0, size=128, width=32)),
+                _random("resnet_block (size 96, width 64)", model_zoo.resnet_block(0, size=96, width=64)),
+                _random("yolo_detector (size 256)", model_zoo.yolo_detector(0, size=256)),
+                _random("ds_cnn", model_zoo.ds_cnn(0))]
+    return [*digits, _digits(model_zoo.digits_mlp_wide, workdir),
+            _random("mobilenetv2_block", model_zoo.mobilenetv2_block(0)),
+            _random("mobilenetv2_block (width 64)", model_zoo.mobilenetv2_block(0, width=64)),
+            _random("resnet_block", model_zoo.resnet_block(0)),
+            _random("resnet_block (width 64, ResNet-18's first stage)", model_zoo.resnet_block(0, width=64)),
+            _random("resnet_block (width 128)", model_zoo.resnet_block(0, width=128)),
+            _random("ds_cnn", model_zoo.ds_cnn(0)), _random("yolo_detector", model_zoo.yolo_detector(0)),
+            *(_ppocr(name) for name in model_zoo.RAPIDOCR_MODELS)]
+
+
+def _layer(kind: str, channels: int, size: int) -> onnx.ModelProto:
+    """One conv layer with a fused Relu on [1, C, size, size]: ``3x3``, ``1x1`` or ``depthwise`` (3x3, group C)."""
+    rng = np.random.default_rng(0)
+    k, group = (1, 1) if kind == "1x1" else (3, channels if kind == "depthwise" else 1)
+    w = rng.standard_normal((channels, channels // group, k, k)) * np.sqrt(2 / (k * k * channels // group))
+    nodes = [onnx.helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[k // 2] * 4, group=group),
+             onnx.helper.make_node("Relu", ["c"], ["y"])]
+    shape = [1, channels, size, size]
+    graph = onnx.helper.make_graph(
+        nodes, f"{kind}_{channels}", [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+        [onnx.numpy_helper.from_array(w.astype(np.float32), "w"),
+         onnx.numpy_helper.from_array((0.1 * rng.standard_normal(channels)).astype(np.float32), "b")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def kernel_rows(runs: int, size: int = 28) -> list[str]:
+    """LiteRT int8 / fp32 latency of single conv layers: how XNNPACK's int8 kernels scale with channels on this CPU."""
+    lines = [f"| layer (input [1, C, {size}, {size}], fused Relu) | C | fp32 (µs) | int8 (µs) | int8 / fp32 |", "|---|---|---|---|---|"]
+    for kind in ("3x3", "1x1", "depthwise"):
+        for channels in (16, 64, 128, 256):
+            s = _random(f"{kind}", _layer(kind, channels, size))
+            fp32 = convert(s.model).tflite_bytes
+            q = quantize(fp32, "int8", calibration=list(s.calib.feeds()))
+            variants = [Variant("fp32", len(fp32), _litert(fp32), ""), Variant("int8", q.size_bytes, _litert(q.tflite_bytes), "")]
+            f, i = _interleaved(variants, next(s.held_out.feeds()), runs)
+            lines.append(f"| {kind} conv | {channels} | {1000 * f:,.0f} | {1000 * i:,.0f} | {i / f:.2f}x |")
     return lines
 
 
@@ -164,18 +276,27 @@ def _cpu_model() -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per variant (median reported)")
+    parser.add_argument("--runs", type=int, default=100, help="interleaved timed rounds per model (median reported)")
+    parser.add_argument("--sections", default="size,kernels,latency", help="comma-separated: size, kernels, latency")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-bench")
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns about pre-processing on every call
-    import importlib.metadata as md
-
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs (nproc), {_cpu_model()}; "
           f"ai-edge-litert {md.version('ai-edge-litert')}, ai-edge-quantizer {md.version('ai-edge-quantizer')}, "
           f"onnxruntime {ort.__version__}")
-    for make in (model_zoo.digits_mlp, model_zoo.digits_cnn):
-        print()
-        print("\n".join(bench(make(args.workdir), args.runs)))
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if "size" in sections:
+        print("\n### Full-integer int8 TFLite: file size and where the bytes go\n")
+        print("\n".join(SIZE_HEADER))
+        for s in subjects("size", args.workdir):
+            print(size_rows(s), flush=True)
+    if "kernels" in sections:
+        print("\n### LiteRT int8 vs fp32 per conv layer (XNNPACK, 1 thread)\n")
+        print("\n".join(kernel_rows(args.runs)))
+    if "latency" in sections:
+        print("\n### Latency side by side: LiteRT and onnxruntime, fp32 and int8\n")
+        for s in subjects("latency", args.workdir):
+            print("\n".join(latency_table(s, args.runs)) + "\n", flush=True)
     return 0
 
 

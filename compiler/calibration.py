@@ -6,6 +6,11 @@ Each array holds samples along axis 0: ``[N, *input_shape]``, or ``[N, *input_sh
 model's batch dimension is 1 (so digits of shape ``[N, 64]`` feed an input of shape ``[1, 64]``).
 An optional ``labels`` array of N integers lets the report show accuracy next to fidelity.
 
+A folder of images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``) feeds a single-input image model
+through a preprocessing the user declares (``Preprocess``: colour order, resize, scale, mean/std,
+layout), given as ``resize=224x224,mean=0.485,0.456,0.406,...`` or a YAML file, or found as
+``preprocess.yaml`` inside the folder. Pillow decodes the images.
+
 Without data the compiler still runs: fidelity is then measured on random inputs (flagged
 ``synthetic`` everywhere it is reported), and static quantization, which needs real activation
 ranges, is skipped.
@@ -14,10 +19,13 @@ ranges, is skipped.
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,12 +71,18 @@ class Dataset:
         return {"samples": len(self), "synthetic": self.synthetic, "source": self.source, "labels": self.labels is not None}
 
 
-def load_dataset(path: Path | str, specs: Sequence[TensorSpec]) -> Dataset:
-    """Read ``path`` and check it against the model's input ``specs``; CalibrationError says what does not fit."""
+def load_dataset(path: Path | str, specs: Sequence[TensorSpec], *, preprocess: Preprocess | str | None = None) -> Dataset:
+    """Read ``path`` and check it against the model's input ``specs``; CalibrationError says what does not fit.
+
+    ``path`` is a numpy file, or a folder of images preprocessed by ``preprocess`` (a ``Preprocess``,
+    its text form, or a YAML path; default: ``preprocess.yaml`` in the folder, else ``Preprocess()``).
+    """
     path = Path(path)
     where = str(path)
+    if path.is_dir():
+        return load_images(path, specs, preprocess)
     if not path.is_file():
-        raise CalibrationError("no such data file", path=where)
+        raise CalibrationError("no such data file or image folder", path=where)
     try:
         if path.suffix == ".npy":
             raw = {"": np.load(path, allow_pickle=False)}
@@ -76,7 +90,9 @@ def load_dataset(path: Path | str, specs: Sequence[TensorSpec]) -> Dataset:
             with np.load(path, allow_pickle=False) as z:
                 raw = {k: z[k] for k in z.files}
         else:
-            raise CalibrationError("unknown data format; save samples with numpy as .npz (one array per input name) or .npy", path=where)
+            raise CalibrationError(
+                "unknown data format; save samples with numpy as .npz (one array per input name) or .npy, "
+                "or pass a folder of images", path=where)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(f"not a readable numpy file ({exc}); write it with np.savez or np.save", path=where) from None
     labels = raw.pop(LABELS, None)
@@ -181,3 +197,205 @@ def synthetic(specs: Sequence[TensorSpec], *, count: int = SYNTHETIC_SAMPLES, se
         else:
             raise CalibrationError(f"cannot make random samples for input {s.name!r} of dtype {dtype}; pass --calibration data")
     return Dataset(arrays=arrays, synthetic=True, source=f"random (seed {seed})")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+PREPROCESS_FILE = "preprocess.yaml"
+"""Read from an image folder when no preprocessing is given, so ``edgefleet compile --calibration DIR`` works too."""
+_COLORS = {"rgb": "RGB", "bgr": "RGB", "gray": "L"}
+_LAYOUTS = ("nchw", "nhwc")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes one input sample, in this order:
+
+    1. decode and convert to ``color`` (``rgb``, ``bgr`` as OpenCV-trained models expect, or ``gray``);
+    2. resize to ``resize`` = (width, height), bilinear; ``None`` takes the model input's own size;
+    3. ``pixel * scale``, then ``(value - mean[c]) / std[c]`` per channel (one value applies to every channel);
+    4. arrange as ``layout`` (``nchw`` or ``nhwc``) and match the model input, batch dimension 1 included.
+    """
+
+    resize: tuple[int, int] | None = None
+    color: str = "rgb"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "nchw"
+    source: str = field(default="defaults", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.color not in _COLORS:
+            raise CalibrationError(f"preprocess color={self.color!r}: choose one of {', '.join(_COLORS)}", path=self.source)
+        if self.layout not in _LAYOUTS:
+            raise CalibrationError(f"preprocess layout={self.layout!r}: choose nchw or nhwc", path=self.source)
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) <= 0):
+            raise CalibrationError(f"preprocess resize={self.resize}: expected WIDTHxHEIGHT, e.g. 224x224", path=self.source)
+        if any(s == 0 for s in self.std):
+            raise CalibrationError("preprocess std has a zero; every std value must be non-zero", path=self.source)
+        if not self.mean or not self.std:
+            raise CalibrationError("preprocess mean and std need at least one value each", path=self.source)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    def describe(self) -> str:
+        size = "model input size" if self.resize is None else f"{self.resize[0]}x{self.resize[1]}"
+        mean = ",".join(f"{v:g}" for v in self.mean)
+        std = ",".join(f"{v:g}" for v in self.std)
+        return f"color={self.color},resize={size},scale={self.scale:.6g},mean={mean},std={std},layout={self.layout}"
+
+
+_KEYS = ("resize", "color", "scale", "mean", "std", "layout")
+
+
+def parse_preprocess(text: str) -> Preprocess:
+    """A ``Preprocess`` from ``key=value`` text or from a YAML file (a path ending in .yaml/.yml).
+
+    Text: comma-separated ``key=value``; ``mean`` and ``std`` take several comma-separated values,
+    ``scale`` a number or a fraction such as ``1/255``, ``resize`` ``WIDTHxHEIGHT``. For example
+    ``color=rgb,resize=224x224,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=nchw``.
+    YAML: a mapping with the same keys; ``mean``/``std`` as lists.
+    """
+    if text.endswith((".yaml", ".yml")):
+        return _preprocess_from_yaml(Path(text))
+    values: dict[str, list[str]] = {}
+    key = ""
+    for token in (t.strip() for t in text.split(",")):
+        if "=" in token:
+            key, _, first = token.partition("=")
+            key = key.strip()
+            if key not in _KEYS:
+                raise CalibrationError(f"--preprocess: unknown key {key!r} in {text!r}; keys are {', '.join(_KEYS)}")
+            if key in values:
+                raise CalibrationError(f"--preprocess: {key!r} is given twice in {text!r}")
+            values[key] = [first.strip()]
+        elif key in ("mean", "std") and token:
+            values[key].append(token)
+        else:
+            raise CalibrationError(
+                f"--preprocess: cannot read {token!r} in {text!r}; write key=value pairs separated by commas, "
+                "e.g. resize=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"
+            )
+    return _preprocess_from_mapping(values, source="--preprocess")
+
+
+def _preprocess_from_yaml(path: Path) -> Preprocess:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CalibrationError(f"cannot read the preprocessing file: {exc.strerror}", path=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"not valid YAML: {exc}", path=str(path)) from None
+    if not isinstance(raw, dict):
+        raise CalibrationError(f"expected a mapping with keys {', '.join(_KEYS)}", path=str(path))
+    unknown = sorted(set(map(str, raw)) - set(_KEYS))
+    if unknown:
+        raise CalibrationError(f"unknown keys {unknown}; keys are {', '.join(_KEYS)}", path=str(path))
+    values = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in raw.items()}
+    return _preprocess_from_mapping(values, source=str(path))
+
+
+def _preprocess_from_mapping(values: dict[str, list[str]], *, source: str) -> Preprocess:
+    def number(key: str, text: str) -> float:
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise CalibrationError(f"preprocess {key}: {text!r} is not a number", path=source) from None
+
+    def single(key: str) -> str:
+        if len(values[key]) != 1:
+            raise CalibrationError(f"preprocess {key} takes one value, got {values[key]}", path=source)
+        return values[key][0]
+
+    kwargs: dict[str, Any] = {"source": source}
+    if "resize" in values:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", single("resize"))
+        if not match:
+            raise CalibrationError(f"preprocess resize={single('resize')!r}: expected WIDTHxHEIGHT, e.g. 224x224", path=source)
+        kwargs["resize"] = (int(match[1]), int(match[2]))
+    for key in ("color", "layout"):
+        if key in values:
+            kwargs[key] = single(key).lower()
+    if "scale" in values:
+        kwargs["scale"] = number("scale", single("scale"))
+    for key in ("mean", "std"):
+        if key in values:
+            kwargs[key] = tuple(number(key, v) for v in values[key])
+    return Preprocess(**kwargs)
+
+
+def _resolve_preprocess(folder: Path, preprocess: Preprocess | str | None) -> Preprocess:
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if preprocess:
+        return parse_preprocess(preprocess)
+    declared = folder / PREPROCESS_FILE
+    return _preprocess_from_yaml(declared) if declared.is_file() else Preprocess()
+
+
+def load_images(folder: Path | str, specs: Sequence[TensorSpec], preprocess: Preprocess | str | None = None) -> Dataset:
+    """Every image in ``folder`` (and its subfolders, sorted by path), preprocessed into samples for the model's single input."""
+    folder = Path(folder)
+    where = str(folder)
+    pre = _resolve_preprocess(folder, preprocess)
+    if len(specs) != 1:
+        raise CalibrationError(
+            f"an image folder feeds a model with one input; this one has {[s.name for s in specs]}: "
+            "save the samples with np.savez(path, **{name: samples, ...}) instead", path=where)
+    spec = specs[0]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise CalibrationError(f"the folder has no images ({', '.join(IMAGE_SUFFIXES)})", path=where)
+    size = pre.resize or _spatial_size(spec, pre, where=where)
+    samples = np.stack([_preprocess_image(p, pre, size) for p in paths])
+    arrays = {spec.name: _conform_images(samples, spec, pre, where=where)}
+    log.info("%s: %d images, preprocessing %s", where, len(paths), pre.describe())
+    return Dataset(arrays=arrays, source=f"{where} ({len(paths)} images; {pre.describe()})")
+
+
+def _spatial_size(spec: TensorSpec, pre: Preprocess, *, where: str) -> tuple[int, int]:
+    """(width, height) of the model input in ``pre.layout``; the resize when none is declared."""
+    shape = list(spec.shape)
+    if len(shape) not in (3, 4):
+        raise CalibrationError(
+            f"input {spec.name!r} is {shape}, not an image ([1, C, H, W] or [1, H, W, C]); pass .npz samples instead", path=where)
+    h, w = shape[-2:] if pre.layout == "nchw" else shape[-3:-1]
+    return int(w), int(h)
+
+
+def _preprocess_image(path: Path, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = image.convert(_COLORS[pre.color]).resize(size, Image.Resampling.BILINEAR)
+            array = np.asarray(pixels, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read the image ({exc}); remove it or convert it to PNG/JPEG", path=str(path)) from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if pre.color == "bgr":
+        array = array[:, :, ::-1]
+    channels = array.shape[-1]
+    for name, values in (("mean", pre.mean), ("std", pre.std)):
+        if len(values) not in (1, channels):
+            raise CalibrationError(
+                f"preprocess {name} has {len(values)} values but color={pre.color} gives {channels} channels", path=pre.source)
+    array = (array * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return array.transpose(2, 0, 1) if pre.layout == "nchw" else array
+
+
+def _conform_images(samples: np.ndarray, spec: TensorSpec, pre: Preprocess, *, where: str) -> np.ndarray:
+    shape = tuple(spec.shape)
+    per_image = samples.shape[1:]
+    if per_image == shape or (shape and shape[0] == 1 and per_image == shape[1:]):
+        return np.ascontiguousarray(samples.reshape((len(samples), *shape)).astype(np.dtype(spec.dtype)))
+    raise CalibrationError(
+        f"preprocessing ({pre.describe()}) makes each image {[1, *per_image]} but input {spec.name!r} is {list(shape)}; "
+        "fix resize (WIDTHxHEIGHT), color (rgb/bgr: 3 channels, gray: 1) or layout (nchw/nhwc) to match the model",
+        path=where,
+    )

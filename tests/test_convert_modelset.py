@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from edgefleet.compiler import model_zoo
 from edgefleet.compiler.tflite import convert
 from edgefleet.compiler.tflite.verify import compare

@@ -123,10 +123,21 @@ CASES: list[tuple[str, str, dict[str, list[int]] | None, dict[str, np.ndarray]]]
      {**CW, "r2": np.array(np.sqrt(2), np.float32), "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}),
     ("gelu_erf_half_first", "h = Mul (x, half)\nd = Mul (x, r)\ne = Erf (d)\na = Add (one, e)\ny = Mul (h, a)", {"x": [2, 16]},
      {"r": np.array(np.sqrt(0.5), np.float32), "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}),
+    ("erf", "y = Erf (x)", {"x": [2, 64]}, {}),
+    ("erf_nhwc", CONV + "y = Erf (c)", None, CW),
+    ("conv1d", "y = Conv <pads = [1, 1]> (x, w, b)", {"x": [1, 3, 16]}, {"w": _w(4, 3, 3), "b": _w(4)}),
+    ("conv1d_strided_dilated", "y = Conv <strides = [2], dilations = [2], pads = [2, 1]> (x, w)", {"x": [1, 3, 17]}, {"w": _w(5, 3, 3)}),
+    ("conv1d_depthwise_chain", "c = Conv <group = 3, pads = [1, 1]> (x, w)\nr = Relu (c)\ny = Conv (r, pw)", {"x": [1, 3, 12]},
+     {"w": _w(3, 1, 3), "pw": _w(6, 3, 1)}),
+    ("maxpool1d", "y = MaxPool <kernel_shape = [3], strides = [2], pads = [1, 1]> (x)", {"x": [1, 4, 15]}, {}),
+    ("avgpool1d", "y = AveragePool <kernel_shape = [2], strides = [2]> (x)", {"x": [1, 4, 16]}, {}),
+    ("global_avgpool1d", "y = GlobalAveragePool (x)", {"x": [1, 4, 16]}, {}),
+    ("conv3d", "y = Conv <pads = [1, 1, 1, 1, 1, 1]> (x, w, b)", {"x": [1, 2, 4, 6, 6]}, {"w": _w(3, 2, 3, 3, 3), "b": _w(3)}),
+    ("conv3d_strided_relu", "c = Conv <strides = [1, 2, 2]> (x, w)\ny = Relu (c)", {"x": [1, 2, 3, 7, 7]}, {"w": _w(4, 2, 2, 3, 3)}),
     ("layer_norm", "y = LayerNormalization <axis = -1, epsilon = 0.001> (x, g, b)", {"x": [1, 4, 16]}, {"g": _w(16), "b": _w(16)}),
     ("layer_norm_2axes_no_bias", "y = LayerNormalization <axis = 1> (x, g)", {"x": [2, 4, 6]}, {"g": _w(4, 6)}),
-    ("layer_norm_decomposed", "m = ReduceMean <axes = [-1]> (x)\nd = Sub (x, m)\np = Pow (d, two)\nv = ReduceMean <axes = [-1]> (p)\n"
-     "e = Add (v, eps)\nr = Sqrt (e)\nn = Div (d, r)\ny = Mul (n, g)", {"x": [1, 4, 16]},
+    ("layer_norm_decomposed", ("m = ReduceMean <axes = [-1]> (x)\nd = Sub (x, m)\np = Pow (d, two)\nv = ReduceMean <axes = [-1]> (p)\n"
+                               "e = Add (v, eps)\nr = Sqrt (e)\nn = Div (d, r)\ny = Mul (n, g)"), {"x": [1, 4, 16]},
      {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32), "g": _w(16)}),
     ("gather", "y = Gather <axis = 1> (x, i)", {"x": [2, 6]}, {"i": np.array([4, 0, -1], np.int64)}),
     ("shape_arithmetic", CONV + "s = Shape (c)\nn = Gather (s, zero)\nnn = Unsqueeze (n, zero)\nt = Concat <axis = 0> (nn, m1)\ny = Reshape (c, t)", None,
@@ -232,6 +243,15 @@ def test_opset_20_gelu() -> None:
     assert compare(m, result.tflite_bytes, result.inputs, samples=2).max_rel_error <= TOLERANCE
 
 
-def test_an_erf_outside_a_gelu_is_unsupported() -> None:
-    with pytest.raises(UnsupportedOp, match=r"node 'Erf_0' \(Erf\)"):
-        convert(model("y = Erf (x)", {"x": [2, 3]}))
+def test_a_1d_conv_runs_as_a_2d_conv_and_says_so() -> None:
+    result = convert(model("y = Conv (x, w)", {"x": [1, 3, 16]}, w=_w(4, 3, 3)))
+    assert result.report.op_counts["CONV_2D"] == 1
+    assert any("1-D Conv" in note for note in result.report.notes)
+
+
+def test_a_grouped_3d_conv_and_a_3d_pool_are_clear_errors() -> None:
+    grouped = model("y = Conv <group = 2> (x, w)", {"x": [1, 2, 4, 4, 4]}, w=_w(2, 1, 3, 3, 3))
+    with pytest.raises(UnsupportedOp, match=r"node 'Conv_0' \(Conv\), attribute 'group'.*CONV_3D has no groups"):
+        convert(grouped)
+    with pytest.raises(UnsupportedOp, match=r"\(MaxPool\), attribute 'kernel_shape'.*rank-5 input"):
+        convert(model("y = MaxPool <kernel_shape = [2, 2, 2]> (x)", {"x": [1, 2, 4, 4, 4]}))

@@ -18,7 +18,14 @@ from edgefleet.agent.keys import TrustStore
 from edgefleet.agent.package import load_test_vectors, verify_package
 from edgefleet.compiler import calibration, inference, model_zoo
 from edgefleet.compiler.tflite import convert
-from edgefleet.compiler.tflite.quantize import MODES, Mode, QuantizationError, constant_bytes, evaluate, quantize
+from edgefleet.compiler.tflite.quantize import (
+    MODES,
+    Mode,
+    QuantizationError,
+    constant_bytes,
+    evaluate,
+    quantize,
+)
 from edgefleet.deploy.cli import main
 
 

@@ -11,6 +11,7 @@ This package's ``__init__`` is the public face; the converter's parts, one conce
     verify.py       run LiteRT next to onnxruntime and measure the relative error
     exporter.py     LiteRTExporter: what targets.LiteRTTarget packages and runs
     quantize.py     fp16, dynamic, int8, int16x8 and int4 TFLite with ai-edge-quantizer
+    flatbuffer.py   whole-file passes: unshare constants, compact buffers, size breakdown
     candidates.py   the TFLite candidates compile measures for LiteRT profiles
     errors.py       ConversionError, UnsupportedOp
 

@@ -30,7 +30,13 @@ from edgefleet.compiler.passes import Fp32Config, PassConfig, PassData
 from edgefleet.compiler.planner import Candidate
 from edgefleet.compiler.tflite.convert import convert
 from edgefleet.compiler.tflite.errors import ConversionError
-from edgefleet.compiler.tflite.quantize import DEFAULT_MAX_CALIBRATION_SAMPLES, Mode, QuantizationError, evaluate, quantize
+from edgefleet.compiler.tflite.quantize import (
+    DEFAULT_MAX_CALIBRATION_SAMPLES,
+    Mode,
+    QuantizationError,
+    evaluate,
+    quantize,
+)
 from edgefleet.hardware_profiles.schema import NumberFormat
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ import numpy as np
 import onnx
 
 from edgefleet.agent.package import TensorSpec
-from edgefleet.compiler.tflite import layout
-from edgefleet.compiler.tflite import ops
+from edgefleet.compiler.tflite import layout, ops
 from edgefleet.compiler.tflite.context import Context
 from edgefleet.compiler.tflite.errors import ConversionError, UnsupportedOp
 from edgefleet.compiler.tflite.fold import INTERNAL_DOMAIN, prepare
@@ -31,9 +30,9 @@ log = logging.getLogger(__name__)
 
 _INPUT_DTYPES = (np.float32,)
 # Ops with no converter that preparation may remove: constant folding when their inputs are static
-# (shape arithmetic), or a fusion (Erf inside a GELU). Whatever is left is reported after preparation.
+# (shape arithmetic). Whatever is left is reported after preparation.
 _FOLDED_AWAY = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Equal", "Where", "Expand", "Not", "Less",
-                "Greater", "Floor", "Ceil", "Erf"}
+                "Greater", "Floor", "Ceil"}
 
 
 @dataclass(frozen=True)

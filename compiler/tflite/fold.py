@@ -11,6 +11,8 @@
   into that Conv's weights and bias,
 * ``MatMul`` with a constant 2-D right operand followed by an ``Add`` of a constant vector becomes
   one ``Gemm`` (a FULLY_CONNECTED with bias),
+* a 1-D ``Conv``, ``MaxPool``, ``AveragePool`` or global pool (input ``[N, C, L]``) becomes the
+  2-D op on ``[N, C, 1, L]`` between two Reshapes, since TFLite has 2-D kernels only,
 * the exact GELU that exporters write as ``x * 0.5 * (1 + Erf(x / sqrt(2)))`` becomes one
   ``Gelu`` node in the converter's own domain (``INTERNAL_DOMAIN``), since TFLite has GELU but no Erf,
 * every tensor has a static shape from ONNX shape inference.
@@ -72,6 +74,7 @@ def prepare(model: onnx.ModelProto, *, input_shapes: dict[str, list[int]] | None
     if folded:
         notes.append(f"folded {folded} constant node(s) (shape arithmetic and constant subgraphs)")
     notes += _fold_batchnorm(model, constants)
+    notes += _spatial_1d_to_2d(model, constants, shapes)
     notes += _matmul_add_to_gemm(model, constants, shapes)
     notes += _fuse_gelu(model, constants, shapes)
     _rebuild(model, constants, shapes)
@@ -232,6 +235,45 @@ def _fold_batchnorm(model: onnx.ModelProto, constants: dict[str, np.ndarray]) ->
     return notes
 
 
+_SPATIAL_1D = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+_WINDOW_ATTRS = {"kernel_shape": 1, "strides": 1, "dilations": 1}
+"""Window attributes and the value of the new, leading height entry."""
+
+
+def _spatial_1d_to_2d(
+    model: onnx.ModelProto, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """``op(x [N, C, L])`` -> ``Reshape [N, O, L'] (op2d(Reshape [N, C, 1, L] (x)))`` with a height-1 window."""
+    notes = []
+    for node in list(model.graph.node):
+        if node.op_type not in _SPATIAL_1D or node.domain not in ("", "ai.onnx") or len(shapes.get(node.input[0], ())) != 3:
+            continue
+        if node.op_type == "Conv" and node.input[1] not in constants:
+            continue  # the converter names the node: Conv needs constant weights anyway
+        out = node.output[0]
+        if out not in shapes or len(node.output) > 1 and any(node.output[1:]):
+            continue
+        n, c, length = shapes[node.input[0]]
+        x4, y4 = f"{node.name}/nc1l", f"{node.name}/nc1l_out"
+        constants[f"{x4}/shape"] = np.array([n, c, 1, length], np.int64)
+        constants[f"{out}/shape"] = np.array(shapes[out], np.int64)
+        for attr in node.attribute:
+            if attr.name in _WINDOW_ATTRS:
+                attr.ints[:] = [_WINDOW_ATTRS[attr.name], *attr.ints]
+            elif attr.name == "pads":
+                attr.ints[:] = [0, attr.ints[0], 0, attr.ints[1]]
+        if node.op_type == "Conv":
+            weight = constants[node.input[1]]
+            constants[f"{node.name}/weight_2d"] = weight.reshape(weight.shape[0], weight.shape[1], 1, weight.shape[2])
+            node.input[1] = f"{node.name}/weight_2d"
+        index = list(model.graph.node).index(node)
+        model.graph.node.insert(index, helper.make_node("Reshape", [node.input[0], f"{x4}/shape"], [x4], name=f"{node.name}/to_2d"))
+        model.graph.node.insert(index + 2, helper.make_node("Reshape", [y4, f"{out}/shape"], [out], name=f"{node.name}/to_1d"))
+        node.input[0], node.output[0] = x4, y4
+        notes.append(f"ran 1-D {node.op_type} {node.name!r} as a 2-D one over a height of 1")
+    return notes
+
+
 def _matmul_add_to_gemm(
     model: onnx.ModelProto, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
 ) -> list[str]:
@@ -271,9 +313,8 @@ def _fuse_gelu(model: onnx.ModelProto, constants: dict[str, np.ndarray], shapes:
         scaled = producers.get(erf.input[0])
         if scaled is None or _single_consumer(model, scaled.output[0]) is not erf:
             continue
-        if scaled.op_type == "Div" and scalar(scaled.input[1], float(np.sqrt(2))):
-            x = scaled.input[0]
-        elif scaled.op_type == "Mul" and scalar(scaled.input[1], float(np.sqrt(0.5))):
+        if (scaled.op_type == "Div" and scalar(scaled.input[1], float(np.sqrt(2)))
+                or scaled.op_type == "Mul" and scalar(scaled.input[1], float(np.sqrt(0.5)))):
             x = scaled.input[0]
         elif scaled.op_type == "Mul" and scalar(scaled.input[0], float(np.sqrt(0.5))):
             x = scaled.input[1]

@@ -26,6 +26,10 @@ Which library does what, and why:
 - int4 (``weight_only_wi4_afp32``): per-channel int4 weights, dequantized to float before each
   operator. LiteRT's builtin kernels and XNNPACK both run it; it saves size, not time.
 
+Around the quantizer, ``flatbuffer.unshare_constants`` gives every use of a constant its own
+tensor first (the quantizer mishandles shared ones), and ``flatbuffer.compact`` merges equal
+buffers and drops unreferenced ones after.
+
 Every mode's result is checked to load and run in ``ai_edge_litert.interpreter.Interpreter``.
 """
 
@@ -39,13 +43,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgefleet.compiler import fidelity
 from edgefleet.compiler.inference import Feed
-from edgefleet.compiler.tflite.builder import FILE_IDENTIFIER, _AlignedBufferT
+from edgefleet.compiler.tflite import flatbuffer
 from edgefleet.compiler.tflite.errors import ConversionError
 from edgefleet.compiler.tflite.verify import run_tflite
 from edgefleet.hardware_profiles.schema import NumberFormat
@@ -150,7 +153,7 @@ def quantize(
     recipe, recipe_name = _recipe(m)
     start = time.perf_counter()
     try:
-        data = _run_quantizer(float_tflite, recipe, feeds)
+        data = _run_quantizer(flatbuffer.unshare_constants(float_tflite), recipe, feeds)
     except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
         raise QuantizationError(f"ai-edge-quantizer failed in {m.value} ({recipe_name}): {type(exc).__name__}: {exc}") from exc
     notes: list[str] = []
@@ -158,6 +161,10 @@ def quantize(
         data, wrapped = float_interface(data)
         if wrapped:
             notes.append(f"kept float32 at the interface: QUANTIZE/DEQUANTIZE added for {', '.join(wrapped)}")
+    data, compaction = flatbuffer.compact(data)
+    if compaction.merged_buffers or compaction.unreferenced_buffers:
+        notes.append(f"compacted: {compaction.merged_buffers} equal buffers merged ({compaction.merged_bytes} bytes), "
+                     f"{compaction.unreferenced_buffers} unreferenced dropped ({compaction.unreferenced_bytes} bytes)")
     seconds = round(time.perf_counter() - start, 3)
     _check_runs(data, m)
     used = len(feeds) if m.needs_calibration else 0
@@ -224,8 +231,8 @@ def constant_bytes(data: bytes) -> int:
     points) is a few KB that quantization does not shrink and even grows, so on a model of a few
     thousand parameters the file ratio understates what quantization does to the weights.
     """
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    return sum(len(b.data) if b.data is not None else int(b.size or 0) for b in model.buffers)
+    model = flatbuffer.load(data)
+    return sum(len(b.data) for b in model.buffers if b.data is not None)
 
 
 _INTEGER_TYPES = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
@@ -238,7 +245,7 @@ def float_interface(data: bytes) -> tuple[bytes, list[str]]:
     integer output ``y`` becomes ``y/quantized``, read through a new DEQUANTIZE into a float32 ``y``.
     The signature keeps pointing at the names callers know. Returns the new bytes and the names wrapped.
     """
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    model = flatbuffer.load(data)
     wrapped: list[str] = []
     for sg_index, sg in enumerate(model.subgraphs):
         before: list[schema.OperatorT] = []
@@ -269,15 +276,7 @@ def float_interface(data: bytes) -> tuple[bytes, list[str]]:
                 tmap.tensorIndex = remap.get(tmap.tensorIndex, tmap.tensorIndex)
     if not wrapped:
         return data, []
-    # Constant buffers stay 16-byte aligned, as the converter writes them (kernels may read them in place).
-    for i, buf in enumerate(model.buffers):
-        aligned = _AlignedBufferT()
-        aligned.data = None if buf.data is None or len(buf.data) == 0 else bytes(np.asarray(buf.data, dtype=np.uint8))
-        aligned.offset, aligned.size = buf.offset, buf.size
-        model.buffers[i] = aligned
-    builder = flatbuffers.Builder(max(1024, 2 * len(data)))
-    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output()), wrapped
+    return flatbuffer.pack(model), wrapped
 
 
 def _name(tensor: schema.TensorT) -> str:

@@ -77,6 +77,47 @@ def unary(ctx: Context, node: onnx.NodeProto) -> None:
     ctx.graph.op(_UNARY[node.op_type], [ctx.get(node.input[0], where)], [ctx.new(node.output[0], where)])
 
 
+# Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7 over the real line, well inside float32 tests' 1e-4.
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+@converts("Erf")
+def erf(ctx: Context, node: onnx.NodeProto) -> None:
+    """erf(x) = sign(x) (1 - t (a1 + t (a2 + ... + t a5)) exp(-x^2)), t = 1 / (1 + p |x|), in builtin ops.
+
+    TFLite has no ERF builtin; an Erf inside the exact GELU pattern becomes one GELU during
+    preparation instead (fold.py). The polynomial runs in any layout, so it keeps x's.
+    """
+    where = ctx.preferred_layout(node.input[0])
+    x = ctx.get(node.input[0], where)
+    shape = ctx.graph.shape(x)
+    out = node.output[0]
+    ones = [1] * len(shape)
+
+    def const(name: str, value: float) -> int:
+        return ctx.graph.constant(name, np.full(ones, value, np.float32))
+
+    def step(code: int, inputs: list[int], label: str, options: object | None = None) -> int:
+        t = ctx.graph.tensor(f"{out}/{label}", shape)
+        ctx.graph.op(code, inputs, [t], options)
+        return t
+
+    absolute = step(OP.ABS, [x], "abs")
+    denominator = step(OP.ADD, [step(OP.MUL, [absolute, const("erf_p", _ERF_P)], "p_abs", schema.MulOptionsT()),
+                                const("one", 1.0)], "denominator", schema.AddOptionsT())
+    t = step(OP.DIV, [const("one", 1.0), denominator], "t", schema.DivOptionsT())
+    poly = const("erf_a5", _ERF_A[4])
+    for i, a in enumerate(reversed(_ERF_A[:4])):
+        poly = step(OP.MUL, [poly, t], f"horner{i}", schema.MulOptionsT())
+        poly = step(OP.ADD, [poly, const(f"erf_a{4 - i}", a)], f"poly{i}", schema.AddOptionsT())
+    poly = step(OP.MUL, [poly, t], "poly_t", schema.MulOptionsT())
+    gauss = step(OP.EXP, [step(OP.NEG, [step(OP.MUL, [x, x], "square", schema.MulOptionsT())], "neg_square")], "gauss")
+    tail = step(OP.MUL, [poly, gauss], "tail", schema.MulOptionsT())
+    magnitude = step(OP.SUB, [const("one", 1.0), tail], "magnitude", schema.SubOptionsT())
+    ctx.graph.op(OP.MUL, [step(OP.SIGN, [x], "sign"), magnitude], [ctx.new(out, where)], schema.MulOptionsT())
+
+
 @converts("LeakyRelu")
 def leaky_relu(ctx: Context, node: onnx.NodeProto) -> None:
     where = ctx.preferred_layout(node.input[0])
@@ -99,30 +140,44 @@ def clip(ctx: Context, node: onnx.NodeProto) -> None:
 
 def _clamp(ctx: Context, x: int, out: str, where: str, low: float, high: float) -> None:
     shape = ctx.graph.shape(x)
+
+    def bound(name: str, value: float) -> int:
+        # Same rank as x: ai-edge-quantizer quantizes a bound with x's parameters and rejects a rank-1 one.
+        return ctx.graph.constant(name, np.full([1] * len(shape), value, np.float32))
+
     if low > -np.inf and high < np.inf:
         mid = ctx.graph.tensor(f"{out}/max", shape)
-        ctx.graph.op(OP.MAXIMUM, [x, ctx.graph.constant("low", np.float32(low))], [mid])
-        ctx.graph.op(OP.MINIMUM, [mid, ctx.graph.constant("high", np.float32(high))], [ctx.new(out, where)])
+        ctx.graph.op(OP.MAXIMUM, [x, bound("low", low)], [mid])
+        ctx.graph.op(OP.MINIMUM, [mid, bound("high", high)], [ctx.new(out, where)])
     elif low > -np.inf:
-        ctx.graph.op(OP.MAXIMUM, [x, ctx.graph.constant("low", np.float32(low))], [ctx.new(out, where)])
+        ctx.graph.op(OP.MAXIMUM, [x, bound("low", low)], [ctx.new(out, where)])
     elif high < np.inf:
-        ctx.graph.op(OP.MINIMUM, [x, ctx.graph.constant("high", np.float32(high))], [ctx.new(out, where)])
+        ctx.graph.op(OP.MINIMUM, [x, bound("high", high)], [ctx.new(out, where)])
     else:
         ctx.set(out, x, where)
 
 
 @converts("HardSigmoid")
 def hard_sigmoid(ctx: Context, node: onnx.NodeProto) -> None:
-    """max(0, min(1, alpha * x + beta)) as MUL, ADD, MAXIMUM, MINIMUM."""
+    """max(0, min(1, alpha * x + beta)) as relu6(6 alpha x + 6 beta) / 6: MUL, ADD with fused RELU6, MUL.
+
+    Not MAXIMUM/MINIMUM: ai-edge-quantizer has no int8 MINIMUM, so a clamp to [0, 1] would leave a
+    float island (DEQUANTIZE, MINIMUM, QUANTIZE) in every MobileNetV3-style block of an int8 model.
+    """
     a = attributes(node)
     where = ctx.preferred_layout(node.input[0])
     x = ctx.get(node.input[0], where)
     shape = ctx.graph.shape(x)
+    rank_one = [1] * len(shape)
     scaled = ctx.graph.tensor(f"{node.output[0]}/scaled", shape)
-    ctx.graph.op(OP.MUL, [x, ctx.graph.constant("alpha", np.float32(a.get("alpha", 0.2)))], [scaled], schema.MulOptionsT())
-    shifted = ctx.graph.tensor(f"{node.output[0]}/shifted", shape)
-    ctx.graph.op(OP.ADD, [scaled, ctx.graph.constant("beta", np.float32(a.get("beta", 0.5)))], [shifted], schema.AddOptionsT())
-    _clamp(ctx, shifted, node.output[0], where, 0.0, 1.0)
+    alpha, beta = 6 * a.get("alpha", 0.2), 6 * a.get("beta", 0.5)
+    ctx.graph.op(OP.MUL, [x, ctx.graph.constant("alpha6", np.full(rank_one, alpha, np.float32))], [scaled], schema.MulOptionsT())
+    shifted = ctx.graph.tensor(f"{node.output[0]}/relu6", shape)
+    add = schema.AddOptionsT()
+    add.fusedActivationFunction = schema.ActivationFunctionType.RELU6
+    ctx.graph.op(OP.ADD, [scaled, ctx.graph.constant("beta6", np.full(rank_one, beta, np.float32))], [shifted], add)
+    sixth = ctx.graph.constant("one_sixth", np.full(rank_one, 1 / 6, np.float32))
+    ctx.graph.op(OP.MUL, [shifted, sixth], [ctx.new(node.output[0], where)], schema.MulOptionsT())
 
 
 @converts("Softmax")

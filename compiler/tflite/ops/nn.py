@@ -26,8 +26,9 @@ PAD = schema.Padding
 
 def _spatial(ctx: Context, node: onnx.NodeProto) -> None:
     if ctx.rank(node.input[0]) != 4:
-        raise UnsupportedOp(node.name, node.op_type, f"only 2-D spatial ops (4-D NCHW input) are supported, "
-                            f"the input has rank {ctx.rank(node.input[0])}", attribute="kernel_shape")
+        raise UnsupportedOp(node.name, node.op_type, f"a rank-{ctx.rank(node.input[0])} input is not supported: TFLite "
+                            "has 2-D kernels (1-D Conv and pools run as 2-D ones; 3-D only for Conv, as CONV_3D)",
+                            attribute="kernel_shape")
 
 
 def _window(
@@ -89,9 +90,12 @@ def _pad_nhwc(ctx: Context, x: int, pads: list[int], name: str, value: float = 0
 
 @converts("Conv")
 def conv(ctx: Context, node: onnx.NodeProto) -> None:
-    _spatial(ctx, node)
     if not ctx.is_const(node.input[1]):
         raise UnsupportedOp(node.name, node.op_type, "weights must be constant (an initializer)", attribute="W")
+    if ctx.rank(node.input[0]) == 5:
+        _conv3d(ctx, node)
+        return
+    _spatial(ctx, node)
     a = attributes(node)
     w = ctx.const(node.input[1]).astype(np.float32)
     out_channels, in_per_group, kh, kw = w.shape
@@ -131,6 +135,55 @@ def conv(ctx: Context, node: onnx.NodeProto) -> None:
         )
     else:
         _grouped(ctx, x, w, bias, out, group, padding, strides, dilations, activation, node.name)
+
+
+_TO_NDHWC, _TO_NCDHW = (0, 2, 3, 4, 1), (0, 4, 1, 2, 3)
+
+
+def _conv3d(ctx: Context, node: onnx.NodeProto) -> None:
+    """A 3-D Conv as CONV_3D (NDHWC, filter ``[kD, kH, kW, I, O]``) between two TRANSPOSEs.
+
+    Volumes are rare enough that the graph-level NHWC tracking does not cover 5-D tensors: the
+    input goes to NDHWC and the output back to NCDHW around each CONV_3D. XNNPACK does not take
+    CONV_3D; LiteRT's builtin kernel runs it, float32 only (ai-edge-quantizer leaves it float).
+    """
+    a = attributes(node)
+    w = ctx.const(node.input[1]).astype(np.float32)  # [O, I, kD, kH, kW]
+    if int(a.get("group", 1)) != 1:
+        raise UnsupportedOp(node.name, node.op_type, f"group={a['group']}: TFLite's CONV_3D has no groups", attribute="group")
+    if len(node.input) > 2 and node.input[2] and not ctx.is_const(node.input[2]):
+        raise UnsupportedOp(node.name, node.op_type, "the bias must be constant", attribute="B")
+    bias = ctx.const(node.input[2]).astype(np.float32) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
+    strides = list(a.get("strides", [1, 1, 1]))
+    dilations = list(a.get("dilations", [1, 1, 1]))
+    in_dhw, out_shape = ctx.shape(node.input[0])[2:], list(ctx.shape(node.output[0]))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise UnsupportedOp(node.name, node.op_type, f"auto_pad {auto_pad} is not supported for 3-D Conv; give explicit pads",
+                            attribute="auto_pad")
+    pads = [0] * 6 if auto_pad == "VALID" else list(a.get("pads", [0] * 6))
+
+    x = ctx.get(node.input[0], layout.ONNX)
+    n, c = ctx.shape(node.input[0])[:2]
+    x_ndhwc = ctx.graph.tensor(f"{node.name}/ndhwc", [n, *in_dhw, c])
+    ctx.reorder(x, x_ndhwc, _TO_NDHWC)
+    if any(pads):
+        paddings = np.array([[0, 0], *[[pads[i], pads[i + 3]] for i in range(3)], [0, 0]], np.int32)
+        padded = ctx.graph.tensor(f"{node.name}/pad", [n, *[d + pads[i] + pads[i + 3] for i, d in enumerate(in_dhw)], c])
+        ctx.graph.op(OP.PAD, [x_ndhwc, ctx.graph.constant("paddings", paddings)], [padded], schema.PadOptionsT())
+        x_ndhwc = padded
+    options = schema.Conv3DOptionsT()
+    options.padding = PAD.VALID
+    options.strideD, options.strideH, options.strideW = strides
+    options.dilationDFactor, options.dilationHFactor, options.dilationWFactor = dilations
+    activation, out_name = ctx.take_activation(node)
+    options.fusedActivationFunction = activation
+    y = ctx.graph.tensor(f"{out_name}/ndhwc", [out_shape[0], *out_shape[2:], out_shape[1]])
+    weights = np.ascontiguousarray(np.transpose(w, (2, 3, 4, 1, 0)))
+    ctx.graph.op(OP.CONV_3D, [x_ndhwc, ctx.graph.constant(f"{node.name}/weights", weights),
+                              ctx.graph.constant(f"{node.name}/bias", bias)], [y], options)
+    ctx.reorder(y, ctx.new(out_name, layout.ONNX), _TO_NCDHW)
 
 
 def _conv2d(
