@@ -37,6 +37,7 @@ from edgefleet.compiler.passes import (
     ClusterConfig,
     DynamicInt8Config,
     LowRankConfig,
+    MixedPrecisionConfig,
     PassConfig,
     PassData,
     PassReport,
@@ -64,6 +65,7 @@ ALIASES: dict[str, Alias] = {
     # scales would map them to up to k distinct values per channel, which entropy coding pays for).
     "int8": Alias(StaticInt8Config, (), {"per_channel": False}),
     "int8-dynamic": Alias(DynamicInt8Config),
+    "mixed": Alias(MixedPrecisionConfig, ("budget",)),
     "entropy": Alias(EntropyConfig, ("level",)),
 }
 
@@ -74,6 +76,7 @@ _HINTS = {
     "channel-prune": "lower the ratio, or list the layers to prune with layers=NAME",
     "lowrank": "raise energy, or set min_params so small layers are left alone",
     "cluster": "raise clusters",
+    "mixed-int8": "pass --data with real samples, lower the budget, or raise max_float_fraction",
 }
 
 

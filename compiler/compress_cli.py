@@ -34,9 +34,12 @@ def compress_command(model: Path, spec: str, data: Path | None, calibration: Pat
       prune:S          zero the fraction S of weights by magnitude (bias-corrected on data)
       nm:2:4           N:M sparsity, 2 of every 4 weights
       channels:R       remove the fraction R of channels and rewire the next layers
-      lowrank:E        SVD factorisation keeping energy E
+      lowrank:E        SVD factorisation keeping energy E of the outputs on --data
       cluster:K        snap each layer's weights to K shared values
       int8             static int8 (QDQ, per-tensor), calibrated on --data
+      mixed:B          int8, the most sensitive layers kept float until SQNR >= B dB
+      finetune         train on the labelled --data, keeping zeros and shared values (train extra)
+      distill:width=W  train a student W times as wide from the model (train extra)
       entropy          measure the zstd / Huffman-coded artifact (last step)
     Each pass is measured: parameters, non-zero parameters, MACs, size, fidelity against its input.
 
@@ -76,6 +79,9 @@ def render(result: object) -> str:
             f"{r.pass_name:<16}{r.params:>10}{r.nonzero_params:>10}{step.macs:>10}{r.size_bytes:>12}"
             f"{'-' if agree is None else f'{agree:.2%}':>12}{'exact' if sqnr is None else f'{sqnr:.1f}':>9}"
         )
+    for step in result.steps:
+        if step.report.pass_name == "mixed-int8":  # its notes are its report: the sensitivity table and the tuning
+            lines += ["", "mixed precision", *(f"  {n}" for n in step.report.notes)]
     lines.append("")
     lines.append(f"raw size        {result.final.size_bytes} bytes (fp32 original {o.size_bytes})")
     if result.entropy is not None:

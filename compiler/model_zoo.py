@@ -11,6 +11,10 @@ more metadata, and the int8 model came out 26.4 KB instead of 23.7 KB (2.9x inst
 seed, a few seconds; no torch): input ``input`` float32 ``[1, 1, 8, 8]``, Conv 3x3 (8) + Relu +
 MaxPool 2 + Conv 3x3 (16) + Relu + Flatten + Gemm (10) + Softmax, output ``probabilities``.
 
+``digits_mobilenet`` is a MobileNetV1-style net (3x3 stem, four depthwise-separable blocks, global
+average pool, dense) trained with PyTorch (the ``train`` extra) on the digits upsampled to 32x32,
+BatchNorm folded into the convolutions: the compression benchmarks' conv net big enough to time.
+
 ``ARCHITECTURES`` holds random-weight graphs built with ``onnx.helper`` for converter tests, where
 only the structure matters: a MobileNetV2-style net (depthwise conv, BatchNormalization, Relu6,
 residual Add), a ResNet-style net (basic blocks, a strided 1x1 shortcut) and a DS-CNN keyword
@@ -413,29 +417,36 @@ class _GraphMaker:
         return _finish(graph)
 
 
-def mobilenetv2_block(seed: int = 0) -> onnx.ModelProto:
-    """A MobileNetV2-style net on [1, 3, 32, 32]: stem, an inverted residual (expand, depthwise, project, Add), a strided one, head."""
+def mobilenetv2_block(seed: int = 0, size: int = 32, width: int = 16) -> onnx.ModelProto:
+    """A MobileNetV2-style net on [1, 3, size, size]: stem, an inverted residual (expand, depthwise, project, Add), a strided one, head.
+
+    ``size`` (a multiple of 4) only changes the compute, not the weights: benchmarks use 96 or more
+    so that convolutions, not per-operator overhead, dominate the latency. ``width`` (even) is the
+    stem's channel count; the strided block widens it 1.5x."""
     g = _GraphMaker(seed)
-    x = g.relu6(g.bn(g.conv("input", 3, 16, 3, stride=2), 16))  # 16x16x16
-    for cin, cout, stride in ((16, 16, 1), (16, 24, 2)):
+    wide = 3 * width // 2
+    x = g.relu6(g.bn(g.conv("input", 3, width, 3, stride=2), width))  # width x size/2 x size/2
+    for cin, cout, stride in ((width, width, 1), (width, wide, 2)):
         hidden = cin * 4
         h = g.relu6(g.bn(g.conv(x, cin, hidden, 1), hidden))
         h = g.relu6(g.bn(g.conv(h, hidden, hidden, 3, stride=stride, group=hidden), hidden))
         h = g.bn(g.conv(h, hidden, cout, 1), cout)
         x = g.node("Add", [x, h]) if stride == 1 and cin == cout else h
-    return g.model("mobilenetv2_block", [1, 3, 32, 32], g.head(x, 24, 10), [1, 10])
+    return g.model("mobilenetv2_block", [1, 3, size, size], g.head(x, wide, 10), [1, 10])
 
 
-def resnet_block(seed: int = 0) -> onnx.ModelProto:
-    """A ResNet-style net on [1, 3, 32, 32]: stem, a basic block, a strided block with a 1x1 shortcut, head."""
+def resnet_block(seed: int = 0, size: int = 32, width: int = 16) -> onnx.ModelProto:
+    """A ResNet-style net on [1, 3, size, size] (``size`` even): stem, a basic block, a strided block with a 1x1 shortcut, head.
+
+    ``width`` is the stem's channel count (16; ResNet-18's first stage has 64); the strided block doubles it."""
     g = _GraphMaker(seed)
-    x = g.node("Relu", [g.bn(g.conv("input", 3, 16, 3), 16)])
-    for cin, cout, stride in ((16, 16, 1), (16, 32, 2)):
+    x = g.node("Relu", [g.bn(g.conv("input", 3, width, 3), width)])
+    for cin, cout, stride in ((width, width, 1), (width, 2 * width, 2)):
         h = g.node("Relu", [g.bn(g.conv(x, cin, cout, 3, stride=stride), cout)])
         h = g.bn(g.conv(h, cout, cout, 3), cout)
         shortcut = x if stride == 1 else g.bn(g.conv(x, cin, cout, 1, stride=stride, pads=[0, 0, 0, 0]), cout)
         x = g.node("Relu", [g.node("Add", [h, shortcut])])
-    return g.model("resnet_block", [1, 3, 32, 32], g.head(x, 32, 10), [1, 10])
+    return g.model("resnet_block", [1, 3, size, size], g.head(x, 2 * width, 10), [1, 10])
 
 
 def ds_cnn(seed: int = 0) -> onnx.ModelProto:
@@ -489,6 +500,12 @@ def digits_mlp_wide(workdir: Path | str, recipe: WideDigitsRecipe = WideDigitsRe
     return _trained(workdir, "digits_mlp_wide", recipe.key(), lambda paths: _train_wide_and_write(recipe, paths))
 
 
+def digits_mlp_3m(workdir: Path | str) -> ZooModel:
+    """A 3.25 M-parameter digits MLP (64-1536-1536-512-10): the model the compiler's search is timed on
+    (bench/compile_bench.py). Too big for a 2 MiB microcontroller in int8 unless compressed further."""
+    return digits_mlp_wide(workdir, WideDigitsRecipe(hidden=(1536, 1536, 512)))
+
+
 def _train_wide_and_write(recipe: WideDigitsRecipe, paths: dict[str, Path]) -> float:
     import warnings
 
@@ -523,13 +540,143 @@ def _train_wide_and_write(recipe: WideDigitsRecipe, paths: dict[str, Path]) -> f
     return accuracy
 
 
+@dataclass(frozen=True)
+class MobileNetRecipe:
+    """A MobileNetV1-style net (Howard et al., 2017) on the digits upsampled to 32x32, for compression
+    benchmarks: big enough (about 3.4 M MACs) that onnxruntime's latency tracks its MACs, and built
+    of what structured pruning can slim (depthwise-separable blocks, no residual Add)."""
+
+    size: int = 32
+    stem: int = 32
+    blocks: tuple[tuple[int, int], ...] = ((2, 64), (1, 64), (2, 128), (1, 128))
+    """(depthwise stride, pointwise output channels) of each depthwise-separable block."""
+    epochs: int = 12
+    batch: int = 32
+    learning_rate: float = 3e-3
+    random_state: int = 0
+    test_size: float = 0.25
+    version: int = 2
+
+    def key(self) -> str:
+        import sklearn
+        import torch
+
+        text = json.dumps({**self.__dict__, "kind": "mobilenet", "sklearn": sklearn.__version__, "torch": torch.__version__},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def digits_mobilenet(workdir: Path | str, recipe: MobileNetRecipe = MobileNetRecipe()) -> ZooModel:
+    """The MobileNet-style digits net in ``workdir``, trained with PyTorch (the ``train`` extra; under a
+    minute on two cores) only if the cache does not match. Input ``input`` float32 ``[1, 1, 32, 32]``."""
+    return _trained(workdir, "digits_mobilenet", recipe.key(), lambda paths: _train_mobilenet_and_write(recipe, paths))
+
+
+def _train_mobilenet_and_write(recipe: MobileNetRecipe, paths: dict[str, Path]) -> float:
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+
+    from edgefleet.compiler import inference
+
+    torch.manual_seed(recipe.random_state)
+    x, y = load_digits(return_X_y=True)
+    small = torch.tensor((x / 16.0).reshape(-1, 1, 8, 8), dtype=torch.float32)
+    images = nn.functional.interpolate(small, size=(recipe.size, recipe.size), mode="bilinear", align_corners=False).numpy()
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, y, test_size=recipe.test_size, random_state=recipe.random_state, stratify=y
+    )
+
+    def unit(cin: int, cout: int, k: int, stride: int, groups: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    layers = unit(1, recipe.stem, 3, 1, 1)
+    cin = recipe.stem
+    for stride, cout in recipe.blocks:
+        layers += unit(cin, cin, 3, stride, cin) + unit(cin, cout, 1, 1, 1)
+        cin = cout
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate)
+    steps = recipe.epochs * -(-len(x_train) // recipe.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.learning_rate, total_steps=steps)
+    xt, yt = torch.tensor(x_train), torch.tensor(y_train)
+    gen = torch.Generator().manual_seed(recipe.random_state)
+    net.train()
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(recipe.batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    model = _mobilenet_to_onnx(net, recipe)
+    with torch.no_grad():
+        torch_pred = net(torch.tensor(x_test)).argmax(1).numpy()
+    outputs = inference.run_model(model, [{"input": row[None]} for row in x_test])[0]
+    onnx_pred = outputs.reshape(len(x_test), -1).argmax(axis=1)
+    if np.mean(onnx_pred != torch_pred) > 0.01:
+        raise RuntimeError("the MobileNet-style digits net as ONNX disagrees with PyTorch: _mobilenet_to_onnx is wrong")
+    accuracy = float(np.mean(onnx_pred == y_test))
+    log.info("digits MobileNet: held-out accuracy %.4f", accuracy)
+    onnx.save(model, paths["onnx"])
+    # Every training sample, labelled: calibration for quantization, and what fine-tuning passes train on.
+    np.savez(paths["calibration"], input=x_train, labels=y_train.astype(np.int64))
+    np.savez(paths["validation"], input=x_test, labels=y_test.astype(np.int64))
+    return accuracy
+
+
+def _mobilenet_to_onnx(net: object, recipe: MobileNetRecipe) -> onnx.ModelProto:
+    """The trained ``nn.Sequential`` as ONNX by hand, each BatchNorm folded into its Conv's weight and bias
+    (as exporters in eval mode write it), so the graph is Conv+Relu pairs, GlobalAveragePool, Flatten, Gemm."""
+    from torch import nn
+
+    assert isinstance(net, nn.Sequential)
+    mods = list(net)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x = "input"
+    i = 0
+    while isinstance(mods[i], nn.Conv2d):
+        conv, bn = mods[i], mods[i + 1]
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+        w = conv.weight.detach().numpy() * scale[:, None, None, None]
+        b = bn.bias.detach().numpy() - bn.running_mean.numpy() * scale
+        name = f"conv{len(nodes) // 2 + 1}" + ("_dw" if conv.groups > 1 else "")
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"{name}.w"), numpy_helper.from_array(b.astype(np.float32), f"{name}.b")]
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.out"], name=name, kernel_shape=[k, k],
+                                      strides=[s, s], pads=[p] * 4, group=conv.groups))
+        nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"], name=f"{name}_relu"))
+        x = f"{name}.relu"
+        i += 3
+    fc = mods[-1]
+    assert isinstance(fc, nn.Linear)
+    inits += [numpy_helper.from_array(fc.weight.detach().numpy().astype(np.float32), "fc.w"),
+              numpy_helper.from_array(fc.bias.detach().numpy().astype(np.float32), "fc.b")]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "digits_mobilenet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, recipe.size, recipe.size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    return _finish(graph)
+
+
 YOLO_CLASSES = 4
 YOLO_ANCHORS = ((10.0, 13.0), (16.0, 30.0), (33.0, 23.0)), ((30.0, 61.0), (62.0, 45.0), (59.0, 119.0))
 """Anchors (width, height in input pixels) of ``yolo_detector``'s stride-8 and stride-16 heads."""
 
 
-def yolo_detector(seed: int = 0) -> onnx.ModelProto:
-    """A small YOLOv5-style detector on [1, 3, 64, 64] with random weights, as exporters write it.
+def yolo_detector(seed: int = 0, size: int = 64) -> onnx.ModelProto:
+    """A small YOLOv5-style detector on [1, 3, size, size] (``size`` a multiple of 16) with random weights, as exporters write it.
 
     Backbone: strided 3x3 Conv + BatchNormalization + SiLU (``x * Sigmoid(x)``) to stride 8 and 16,
     LeakyRelu at the deepest level. Neck: a 1x1 Conv, nearest ``Resize`` x2 and ``Concat`` with the
@@ -538,7 +685,7 @@ def yolo_detector(seed: int = 0) -> onnx.ModelProto:
     decode boxes like YOLOv5: ``xy = (2 s - 0.5 + grid) * stride``, ``wh = (2 s)^2 * anchor``,
     scores as they are. The Reshape targets are computed from ``Shape -> Gather -> Unsqueeze -> Concat``
     as ``torch.onnx`` leaves them, so the converter must fold them. Output ``detections`` is
-    ``[1, 240, 5 + C]``: (x, y, w, h, objectness, class scores) per anchor and cell.
+    ``[1, 240, 5 + C]`` at size 64: (x, y, w, h, objectness, class scores) per anchor and cell.
     """
     g = _GraphMaker(seed)
     outputs_per_anchor = 5 + YOLO_CLASSES
@@ -568,16 +715,16 @@ def yolo_detector(seed: int = 0) -> onnx.ModelProto:
 
     heads = []
     for features, channels, stride, anchors in ((fused, 32, 8, YOLO_ANCHORS[0]), (lateral, 32, 16, YOLO_ANCHORS[1])):
-        size = 64 // stride
+        cells_per_side = size // stride
         raw = g.conv(features, channels, 3 * outputs_per_anchor, 1, pads=[0, 0, 0, 0], bias=True)
         batch = batch_of(raw)
-        grid_shape = g.node("Concat", [batch, int_const("dims", [3, outputs_per_anchor, size, size])], axis=0)
+        grid_shape = g.node("Concat", [batch, int_const("dims", [3, outputs_per_anchor, cells_per_side, cells_per_side])], axis=0)
         cells = g.node("Transpose", [g.node("Reshape", [raw, grid_shape])], perm=[0, 1, 3, 4, 2])
-        flat_shape = g.node("Concat", [batch, int_const("dims", [3 * size * size, outputs_per_anchor])], axis=0)
+        flat_shape = g.node("Concat", [batch, int_const("dims", [3 * cells_per_side**2, outputs_per_anchor])], axis=0)
         s = g.node("Sigmoid", [g.node("Reshape", [cells, flat_shape])])  # [1, 3*H*W, 5+C]
-        ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-        grid = np.tile(np.stack([xs, ys], -1).reshape(1, size * size, 2), (1, 3, 1)) - 0.5
-        anchor = np.repeat(np.array(anchors), size * size, axis=0)[None]
+        ys, xs = np.meshgrid(np.arange(cells_per_side), np.arange(cells_per_side), indexing="ij")
+        grid = np.tile(np.stack([xs, ys], -1).reshape(1, cells_per_side**2, 2), (1, 3, 1)) - 0.5
+        anchor = np.repeat(np.array(anchors), cells_per_side**2, axis=0)[None]
         starts, ends, axes = int_const("starts", [0]), int_const("ends", [2]), int_const("axes", [2])
         xy = g.node("Slice", [s, starts, ends, axes])
         wh = g.node("Slice", [s, ends, int_const("ends", [4]), axes])
@@ -587,10 +734,10 @@ def yolo_detector(seed: int = 0) -> onnx.ModelProto:
         wh = g.node("Mul", [g.node("Pow", [g.node("Mul", [wh, two]), two]), g.const("anchor", anchor)])
         heads.append(g.node("Concat", [xy, wh, scores], axis=2))
     detections = helper.make_node("Concat", heads, ["detections"], name="detections", axis=1)
-    boxes = 3 * sum((64 // stride) ** 2 for stride in (8, 16))
+    boxes = 3 * sum((size // stride) ** 2 for stride in (8, 16))
     graph = helper.make_graph(
         [*g.nodes, detections], "yolo_detector",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, boxes, outputs_per_anchor])],
         g.inits,
     )

@@ -291,3 +291,90 @@ def test_compression_configs_round_trip_through_their_manifest_dict(config: obje
     rebuilt = build_pass(config.to_dict())  # type: ignore[attr-defined]
     assert rebuilt.config == config
     assert PASSES[rebuilt.name] is type(rebuilt)
+
+
+# --- additions: depthwise pass-through, channel multiples, k x k low-rank, data-aware low-rank ----
+
+def separable(channels: int = 16) -> onnx.ModelProto:
+    """x[1, 4, 6, 6] -> Conv 1x1 (C) -> Relu -> depthwise 3x3 (C) -> Relu -> Conv 1x1 (6): a MobileNet block."""
+    c = channels
+    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 6, 6] x) => (float[1, 6, 6, 6] y) {{
+        a = Conv<kernel_shape=[1, 1]>(x, pw1, pw1b)
+        r = Relu(a)
+        d = Conv<kernel_shape=[3, 3], pads=[1, 1, 1, 1], group={c}>(r, dw, dwb)
+        s = Relu(d)
+        y = Conv<kernel_shape=[1, 1]>(s, pw2, pw2b)
+    }}"""
+    return build(text, {"pw1": RNG.standard_normal((c, 4, 1, 1)), "pw1b": RNG.standard_normal(c) * 0.1,
+                        "dw": RNG.standard_normal((c, 1, 3, 3)) / 3, "dwb": RNG.standard_normal(c) * 0.1,
+                        "pw2": RNG.standard_normal((6, c, 1, 1)) / 4, "pw2b": RNG.standard_normal(6) * 0.1})
+
+
+@pytest.mark.parametrize("multiple, kept", [(1, 10), (4, 12)])
+def test_channel_pruning_passes_through_a_depthwise_conv_and_rounds_to_a_multiple(multiple: int, kept: int) -> None:
+    model = separable(16)
+    data = data_for(model)
+    result = ChannelPrune(ChannelPruneConfig(ratio=0.4, criterion="variance", multiple=multiple))(model, data)
+    w = weight_arrays(result.model, ("pw1", "pw1b", "dw", "dwb", "pw2"))
+    assert w["pw1"].shape == (kept, 4, 1, 1) and w["pw1b"].shape == (kept,)
+    assert w["dw"].shape == (kept, 1, 3, 3) and w["dwb"].shape == (kept,)
+    assert w["pw2"].shape == (6, kept, 1, 1)
+    depthwise = next(n for n in result.model.graph.node if list(n.input[1:2]) == ["dw"])
+    assert onnx.helper.get_attribute_value(next(a for a in depthwise.attribute if a.name == "group")) == kept
+    assert stats.count_macs(result.model) < stats.count_macs(model)
+    assert result.report.fidelity.cosine > 0.5  # the rewired model runs and still follows the original
+
+
+def test_lowrank_splits_a_k_by_k_conv_into_fewer_filters_and_a_1x1() -> None:
+    w = (RNG.standard_normal((32, 4)) @ RNG.standard_normal((4, 16 * 9))).reshape(32, 16, 3, 3) / 12
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 16, 8, 8] x) => (float[1, 32, 4, 4] y) { y = Conv<kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]>(x, w, b) }"""
+    model = build(text, {"w": w, "b": RNG.standard_normal(32)})
+    result = LowRank(LowRankConfig(energy=0.999))(model, data_for(model))
+    first, second = result.model.graph.node
+    a, b = weight_arrays(result.model, (first.input[1],))[first.input[1]], weight_arrays(result.model, (second.input[1],))[second.input[1]]
+    assert a.shape == (4, 16, 3, 3) and b.shape == (32, 4, 1, 1) and list(second.input[2:]) == ["b"]
+    assert stats.count_macs(result.model) < 0.2 * stats.count_macs(model)
+    assert result.report.fidelity.sqnr_db is not None and result.report.fidelity.sqnr_db > 40
+
+
+def test_data_aware_lowrank_fits_the_outputs_on_data_far_better_than_plain_svd() -> None:
+    # A full-rank layer whose inputs live in 6 of their 64 directions (plus an offset): the weights are
+    # not low-rank, what the layer computes on such inputs is.
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 64] x) => (float[1, 48] y) { y = Gemm(x, w, b) }"""
+    model = build(text, {"w": RNG.standard_normal((64, 48)), "b": RNG.standard_normal(48)})
+    basis, offset = RNG.standard_normal((6, 64)), RNG.standard_normal(64)
+
+    def samples(n: int) -> calibration.Dataset:
+        x = RNG.standard_normal((n, 1, 6)) @ basis + offset
+        return calibration.Dataset(arrays={"x": x.astype(np.float32)}, source="test")
+
+    data = PassData(evaluation=samples(64), calibration=samples(256))
+    sqnr = {}
+    for aware in (False, True):
+        result = LowRank(LowRankConfig(param_budget=0.3, energy=1.0, data_aware=aware, bias_correction=aware))(model, data)
+        assert result.report.params <= 0.3 * 64 * 48 + 48
+        sqnr[aware] = result.report.fidelity.sqnr_db
+    assert sqnr[True] is not None and sqnr[False] is not None
+    assert sqnr[True] > 30 and sqnr[True] > sqnr[False] + 20
+
+
+def test_a_small_mobilenet_from_the_zoo_recipe_trains_exports_and_slims(tmp_path: object) -> None:
+    pytest.importorskip("torch")
+    from edgefleet.compiler import model_zoo
+    from edgefleet.compiler.onnx_model import load_model
+
+    zoo = model_zoo.digits_mobilenet(tmp_path, model_zoo.MobileNetRecipe(size=8, stem=8, blocks=((2, 16),), epochs=2))  # type: ignore[arg-type]
+    assert zoo.accuracy > 0.15  # better than chance after two epochs: it trained; the export is checked inside
+    loaded = load_model(zoo.onnx_path)
+    ops = [n.op_type for n in loaded.model.graph.node]
+    assert ops == ["Conv", "Relu", "Conv", "Relu", "Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"]
+    data = PassData(evaluation=calibration.load_dataset(zoo.validation_path, loaded.inputs).take(range(100)),
+                    calibration=calibration.load_dataset(zoo.calibration_path, loaded.inputs))
+    assert data.calibration is not None and data.calibration.labels is not None  # fine-tuning can train on it
+    result = ChannelPrune(ChannelPruneConfig(ratio=0.5, criterion="variance", multiple=4))(loaded.model, data)
+    # The stem loses 4 of 8 channels through the depthwise conv; the pointwise conv 8 of 16 before the pool.
+    assert stats.count_macs(result.model) < 0.5 * stats.count_macs(loaded.model)
+    assert result.report.fidelity.accuracy is not None

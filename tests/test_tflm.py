@@ -22,7 +22,11 @@ from edgefleet.compiler.compile import CompileResult, compile_model
 from edgefleet.compiler.errors import NoCandidateFits
 from edgefleet.compiler.tflite.verify import run_tflite
 from edgefleet.compiler.tflm import c_source, micro
-from edgefleet.compiler.tflm.candidates import MAX_STEPS_FROM_LITERT, dequantize_array, quantize_array
+from edgefleet.compiler.tflm.candidates import (
+    MAX_STEPS_FROM_LITERT,
+    dequantize_array,
+    quantize_array,
+)
 from edgefleet.hardware_profiles import load_profile
 
 PROFILES = ["nucleo-l4r5zi", "arduino-nano-33-ble-sense"]

@@ -10,16 +10,34 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from edgefleet.compiler.passes.base import Pass, PassConfig, PassData, PassReport, PassResult, Transformed
+from edgefleet.compiler.passes.base import (
+    Pass,
+    PassConfig,
+    PassData,
+    PassReport,
+    PassResult,
+    Transformed,
+)
 from edgefleet.compiler.passes.channel_prune import ChannelPrune, ChannelPruneConfig
 from edgefleet.compiler.passes.cluster import Cluster, ClusterConfig
+from edgefleet.compiler.passes.distill import Distill, DistillConfig
+from edgefleet.compiler.passes.finetune import Finetune, FinetuneConfig
 from edgefleet.compiler.passes.identity import Fp32Config, KeepFp32
 from edgefleet.compiler.passes.lowrank import LowRank, LowRankConfig
+from edgefleet.compiler.passes.mixed_precision import (
+    MixedPrecision,
+    MixedPrecisionConfig,
+)
 from edgefleet.compiler.passes.prune import Prune, PruneConfig
-from edgefleet.compiler.passes.quantize import DynamicInt8, DynamicInt8Config, StaticInt8, StaticInt8Config
+from edgefleet.compiler.passes.quantize import (
+    DynamicInt8,
+    DynamicInt8Config,
+    StaticInt8,
+    StaticInt8Config,
+)
 
 PASSES: dict[str, type[Pass[Any]]] = {
-    p.config_type.scheme: p for p in (KeepFp32, StaticInt8, DynamicInt8, Prune, ChannelPrune, LowRank, Cluster)
+    p.config_type.scheme: p for p in (KeepFp32, StaticInt8, DynamicInt8, Prune, ChannelPrune, LowRank, Cluster, MixedPrecision, Finetune, Distill)
 }
 
 
@@ -46,12 +64,18 @@ __all__ = [
     "ChannelPruneConfig",
     "Cluster",
     "ClusterConfig",
+    "Distill",
+    "DistillConfig",
     "DynamicInt8",
     "DynamicInt8Config",
+    "Finetune",
+    "FinetuneConfig",
     "Fp32Config",
     "KeepFp32",
     "LowRank",
     "LowRankConfig",
+    "MixedPrecision",
+    "MixedPrecisionConfig",
     "Pass",
     "PassConfig",
     "PassData",

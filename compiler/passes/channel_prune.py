@@ -4,12 +4,12 @@ Unlike zeroing weights, this makes the model smaller and faster on any runtime: 
 layer's weight and bias lose rows, and the layers downstream lose what read those channels:
 
     producer -> [Relu | Clip | LeakyRelu | Sigmoid | Tanh | MaxPool | AveragePool | GlobalAveragePool
-                 | BatchNormalization]* -> consumer
+                 | BatchNormalization | depthwise Conv]* -> consumer
 
 where the consumer is a Conv with group=1 (its input channels are sliced), a Gemm or MatMul (its
 input features), or a Flatten followed by one (the features of the dropped channels, each
 channel's H x W block). Every tensor in the chain must have one consumer and not be a graph output. A
-channel that feeds anything else (a residual Add, a Concat, a depthwise Conv, an output) cannot be
+channel that feeds anything else (a residual Add, a Concat, a grouped Conv, an output) cannot be
 removed without rewiring what is on the other side, so such a producer is skipped and logged.
 
 Which channels go: the ``ratio`` of each layer's channels with the smallest ``criterion``: the L1
@@ -56,12 +56,18 @@ class ChannelPruneConfig(PassConfig):
     op_types: tuple[str, ...] = _graph.WEIGHT_OPS
     layers: tuple[str, ...] = ()
     """Prune only these producers (node names, or output names for unnamed nodes); empty for all."""
+    multiple: int = 1
+    """Round each layer's kept channels up to a multiple of this. CPU kernels are vectorised over
+    blocks of channels (onnxruntime's NCHWc convolutions use 8 or 16): on the digits MobileNet, 30% of
+    channels removed without rounding made onnxruntime *slower* (0.58x), and 8 made it faster."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"channel-prune: ratio must be in [0, 1), got {self.ratio}")
         if self.criterion not in _CRITERIA:
             raise ValueError(f"channel-prune: criterion must be one of {', '.join(_CRITERIA)}, got {self.criterion!r}")
+        if self.multiple < 1:
+            raise ValueError(f"channel-prune: multiple must be at least 1, got {self.multiple}")
 
 
 @dataclass
@@ -151,6 +157,15 @@ class ChannelPrune(Pass[ChannelPruneConfig]):
                 kinds = ", ".join(sorted({n.op_type for n in nexts})) or "nothing"
                 return f"{tensor!r} feeds {len(nexts)} nodes ({kinds}); cannot rewire a fan-out"
             nxt = nexts[0]
+            if _is_depthwise(nxt, tensor, channels, inits):
+                # A depthwise Conv maps channel c to channel c: it loses the same channels (weight
+                # rows, bias, group) and passes the rest on, as in MobileNet's separable blocks.
+                if any(_graph.use_count(model, p) > 1 for p in nxt.input[1:] if p):
+                    return f"depthwise Conv {nxt.name!r} shares its weight or bias"
+                params += [p for p in nxt.input[1:] if p]
+                chain.append(nxt)
+                tensor = nxt.output[0]
+                continue
             if nxt.op_type in _PASS_THROUGH and nxt.input[0] == tensor:
                 if nxt.op_type == "BatchNormalization":
                     bn = list(nxt.input[1:5])
@@ -186,6 +201,8 @@ class ChannelPrune(Pass[ChannelPruneConfig]):
         cfg = self.config
         drop = int(np.floor(cfg.ratio * plan.channels))
         drop = min(drop, plan.channels - 1)
+        kept = -(-(plan.channels - drop) // cfg.multiple) * cfg.multiple
+        drop = max(0, plan.channels - kept)
         if drop <= 0:
             return np.arange(plan.channels)
         if cfg.criterion == "activation" and act is not None:
@@ -230,6 +247,11 @@ class ChannelPrune(Pass[ChannelPruneConfig]):
             _graph.set_array(model, plan.bias, b.reshape(-1)[keep])
         for name in plan.params:
             _graph.set_array(model, name, _graph.array(model, name)[keep])
+        for node in plan.chain:
+            if node.op_type == "Conv":  # a depthwise Conv in the chain: one group per remaining channel
+                for a in node.attribute:
+                    if a.name == "group":
+                        a.i = int(keep.size)
         cons = plan.consumer
         cw = _graph.array(model, cons.weight)
         dropped = np.setdiff1d(np.arange(plan.channels), keep)
@@ -260,6 +282,16 @@ class ChannelPrune(Pass[ChannelPruneConfig]):
                 b = _graph.array(model, bias)
                 if b.size == out_channels:
                     _graph.set_array(model, bias, (b.astype(np.float64) + shift.reshape(b.shape)).astype(b.dtype))
+
+
+def _is_depthwise(node: onnx.NodeProto, tensor: str, channels: int, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether ``node`` is a depthwise Conv (multiplier 1) reading ``tensor`` of ``channels`` channels, with constant parameters."""
+    if node.op_type != "Conv" or not node.input or node.input[0] != tensor or _graph.attr(node, "group", 1) != channels:
+        return False
+    if any(p not in inits for p in node.input[1:] if p):
+        return False
+    dims = list(inits[node.input[1]].dims)
+    return dims[:2] == [channels, 1]
 
 
 def _conv_mean_shift(node: onnx.NodeProto, weight: np.ndarray, act: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@
 - Bias correction, with calibration data: pruning shifts each layer's mean output; the shift per
   output channel, measured on calibration samples, is added to the layer's bias. Layers are
   corrected in graph order, each measured after its predecessors were corrected, so a shift is
-  not compensated twice. A MatMul without a following bias Add is left uncorrected and logged.
+  not compensated twice, and a correction is kept only if the model's outputs stay at least as
+  faithful to the original's. A MatMul without a following bias Add is left uncorrected and logged.
 
 Zeros only shrink the artifact once it is entropy-coded (``edgefleet.compiler.entropy``), or on a
 runtime with sparse kernels; the dense model computes the same number of MACs.
@@ -26,6 +27,8 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx
 
+from edgefleet.compiler import fidelity
+from edgefleet.compiler.calibration import Dataset
 from edgefleet.compiler.errors import PassError
 from edgefleet.compiler.passes import _graph
 from edgefleet.compiler.passes.base import Pass, PassConfig, PassData, Transformed
@@ -147,9 +150,11 @@ class Prune(Pass[PruneConfig]):
             return ["bias correction skipped: no calibration data"]
         calib = _graph.limit(data.calibration, self.config.calibration_samples)
         outputs = [layer.node.output[0] for layer in layers]
-        reference = _graph.run_tensors(original, outputs, calib)
+        model_outputs = [o.name for o in original.graph.output]
+        reference = _graph.run_tensors(original, outputs + model_outputs, calib)
         notes: list[str] = []
         corrected = 0
+        score = _output_score(reference, pruned, model_outputs, calib)
         for layer in layers:
             slot = _graph.bias_slot(pruned, layer)
             if slot is None:
@@ -170,6 +175,23 @@ class Prune(Pass[PruneConfig]):
                 notes.append(f"{layer.name}: bias of shape {list(bias.shape)} is not per channel; not corrected")
                 continue
             _graph.set_array(pruned, slot_name, (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(bias.dtype))
+            # Matching each channel's mean is right while pruning keeps most of the signal; when it
+            # destroys most of it (high sparsity), the per-class shifts of a classifier's logits can
+            # outweigh what is left and every sample lands in one class. So a correction stays only
+            # if the model's outputs on the calibration samples are at least as faithful with it.
+            corrected_score = _output_score(reference, pruned, model_outputs, calib)
+            if corrected_score < score:
+                _graph.set_array(pruned, slot_name, bias)
+                notes.append(f"{layer.name}: bias correction would lower output fidelity; not corrected")
+                continue
+            score = corrected_score
             corrected += 1
         notes.append(f"bias correction: {corrected} of {len(layers)} layers, on {len(calib)} calibration samples")
         return notes
+
+
+def _output_score(reference: dict[str, np.ndarray], model: onnx.ModelProto, names: list[str], calib: Dataset) -> tuple[float, float]:
+    """How faithful ``model``'s outputs are to the original's: (top-1 agreement, SQNR), higher is better."""
+    got = _graph.run_tensors(model, names, calib)
+    f = fidelity.compare(names, [reference[n] for n in names], [got[n] for n in names])
+    return (f.top1_agreement if f.top1_agreement is not None else 1.0, f.sqnr_db if f.sqnr_db is not None else float("inf"))
