@@ -16,10 +16,12 @@ from pathlib import Path
 
 import click
 
+from edgefleet.agent.transport import BrokerURL
 from edgefleet.compiler.errors import CalibrationError, CompileError
 from edgefleet.compiler.planner import DEFAULT_BUDGET, Budget
 from edgefleet.compiler.report import render
 from edgefleet.compiler.signing import default_key_path, ensure_key
+from edgefleet.deploy.options import broker_option, json_option
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,39 @@ log = logging.getLogger(__name__)
               show_default=True, help="Fidelity budget for classifiers: minimum top-1 agreement with the original, in percent.")
 @click.option("--min-sqnr", type=float, default=DEFAULT_BUDGET.min_sqnr_db, show_default=True,
               help="Fidelity budget for other models: minimum SQNR against the original, in dB.")
+@click.option("--data", "data", type=click.Path(path_type=Path, dir_okay=False), metavar="VAL.npz",
+              help="Held-out data (.npz keyed by input name; a 'labels' array adds accuracy). Without --calibration a "
+                   "quarter of it calibrates static int8 and the rest measures fidelity. Switches the search on.")
+@click.option("--labels", "labels", type=click.Path(path_type=Path, dir_okay=False), metavar="LABELS.npy",
+              help="Labels of the --data samples (one integer each) when the .npz has none.")
+@click.option("--max-drop", "max_drop", metavar="PERCENT", default=None,
+              help="Largest accuracy drop allowed against the original (with labels), else top-1 agreement drop, "
+                   "e.g. 1% or 0.5. Replaces --min-agreement for classifiers. Switches the search on.")
+@click.option("--objective", type=click.Choice(["latency", "size", "energy"]), default=None,
+              help="What to minimise among candidates that meet the budget: estimated latency or energy per "
+                   "inference on the profile (cost model), or model size. Default with the search: latency.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Refuse candidates whose estimated latency on the profile exceeds this.")
+@click.option("--max-size-kb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Refuse candidates whose model file exceeds this many KiB.")
+@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How long the search may build and measure candidates (the format stages always run). "
+                   "Default: 120 s with the search on.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where measured candidates are cached (default: $EDGEFLEET_HOME/cache/compile).")
+@click.option("--best-effort", is_flag=True,
+              help="When no candidate meets every limit, package the one that misses them by least instead of failing.")
+@click.option("--explain", is_flag=True, help="Print why each profile got its candidate, and write a Pareto plot (SVG) "
+                                               "of the candidates next to the packages.")
+@click.option("--fleet-db", "fleet_db", metavar="URL", default=None,
+              help="Telemetry store (SQLite path or postgresql:// URL) whose benchmark reports correct the cost "
+                   "model's latency estimates per profile (median measured / estimated, for packages the store "
+                   "knows or that are in -o).")
+@click.option("--measure-on-fleet", is_flag=True,
+              help="Benchmark each profile's best candidates on an online device of that profile (from --fleet-db) "
+                   "over MQTT (--broker), and choose by measured latency instead of the estimate.")
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, metavar="URL",
+              help="MQTT broker of the fleet, for --measure-on-fleet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
 def compile_command(
     model: Path,
@@ -56,6 +91,19 @@ def compile_command(
     version: str,
     min_agreement: float,
     min_sqnr: float,
+    data: Path | None,
+    labels: Path | None,
+    max_drop: str | None,
+    objective: str | None,
+    max_latency_ms: float | None,
+    max_size_kb: float | None,
+    time_budget: float | None,
+    cache_dir: Path | None,
+    best_effort: bool,
+    explain: bool,
+    fleet_db: str | None,
+    measure_on_fleet: bool,
+    broker: str,
     as_json: bool,
 ) -> None:
     """Compress an ONNX model for hardware profiles and write one signed package per profile.
@@ -69,26 +117,55 @@ def compile_command(
       litert-fp16          TFLite with float16 weights (phones' GPU delegates run fp16 fast)
       litert-int8-static   full-integer TFLite, calibrated (NPUs and CPUs run int8 fast)
       litert-int8-dynamic  TFLite with int8 weights, float activations
+      tflm-int8            full-integer TFLite for TFLite Micro (microcontrollers)
     Per profile, the chosen candidate meets the fidelity budget (top-1 agreement >= 99% for
     classifiers, else SQNR >= 30 dB) and the profile's storage and RAM; formats the profile runs
     fast come first, then static over dynamic quantization, then the smaller model. The table
     says why (docs/compiler.md has the details).
 
     \b
+    The search (on with --data, --objective, --max-drop, --max-latency-ms, --max-size-kb or
+    --time-budget) also tries structural passes before those formats: pruning, channel pruning,
+    low-rank factorisation, weight clustering, each at several settings (a grid, or optuna for
+    large spaces), within --time-budget, caching what it measured. It then picks, per profile,
+    the candidate that minimises --objective (latency and energy estimated from the profile's
+    throughput, bandwidth and power) among those within --max-drop, memory and the limits.
+
+    \b
     Examples:
       edgefleet compile model.onnx --profile raspberry-pi-4 --calibration samples.npz -o out/
       edgefleet compile model.onnx --profile raspberry-pi-4 --profile raspberry-pi-5 --json
+      edgefleet compile model.onnx --profile raspberry-pi-4 --profile android-flagship \\
+          --profile nucleo-l4r5zi --data val.npz --max-drop 1% --objective latency --explain -o out/
     """
     from edgefleet.compiler.compile import compile_model
+    from edgefleet.compiler.search import DEFAULT_TIME_BUDGET_S, SearchOptions
     from edgefleet.hardware_profiles import ProfileError
 
     key = _signing_key(key_path)
-    budget = Budget(min_agreement=min_agreement / 100, min_sqnr_db=min_sqnr)
+    try:
+        drop = _percent(max_drop) if max_drop is not None else None
+        budget = Budget(min_agreement=min_agreement / 100, min_sqnr_db=min_sqnr, max_drop=drop, max_latency_ms=max_latency_ms,
+                        max_size_bytes=int(max_size_kb * 1024) if max_size_kb is not None else None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-drop") from None
+    searching = any(v is not None for v in (data, objective, max_drop, max_latency_ms, max_size_kb, time_budget))
+    search = None
+    if searching:
+        cache = cache_dir if cache_dir is not None else Path(os.environ.get("EDGEFLEET_HOME", Path.home() / ".edgefleet")) / "cache" / "compile"
+        search = SearchOptions(time_budget_s=time_budget if time_budget is not None else DEFAULT_TIME_BUDGET_S,
+                               cache_dir=cache, objective=objective or "latency")
+    corrections = _fleet_corrections(fleet_db, out_dir) if fleet_db else None
+    if measure_on_fleet and not fleet_db:
+        raise click.UsageError("--measure-on-fleet finds devices in the telemetry store: pass --fleet-db URL too")
+    evaluator = _fleet_evaluator(fleet_db, broker) if measure_on_fleet and fleet_db else None
     progress = not as_json and sys.stderr.isatty()
     try:
         results = compile_model(
             model, list(profiles), out_dir=out_dir, key_path=key, calibration=calibration, evaluation=evaluation,
-            name=name, version=version, budget=budget, progress=progress,
+            data=data, labels=labels, name=name, version=version, budget=budget, progress=progress, search=search,
+            objective=(objective or "latency") if searching else objective,
+            corrections=corrections, best_effort=best_effort, plot=explain, evaluator=evaluator,
         )
     except (CompileError, ProfileError) as exc:
         if as_json:
@@ -100,10 +177,56 @@ def compile_command(
     for i, r in enumerate(results):
         if i:
             click.echo()
-        click.echo(render(r.plan, reference_size=r.reference_size_bytes))
+        click.echo(render(r.plan, reference_size=r.reference_size_bytes, explain=explain or not searching))
         for note in r.notes:
             click.echo(textwrap.fill(note, width=100, initial_indent="  note: ", subsequent_indent="        "))
         click.echo(f"  wrote {r.package_path} ({r.choice}, signed by key {r.manifest.signer})")
+        if r.plot_path is not None:
+            click.echo(f"  plot  {r.plot_path}")
+    if corrections:
+        click.echo("cost model corrected from fleet reports: " + ", ".join(f"{p} x{f:.2f}" for p, f in sorted(corrections.items())))
+
+
+def _percent(text: str) -> float:
+    """'1%' or '1' -> 0.01 (a percentage), '0.5%' -> 0.005."""
+    value = text.strip().removesuffix("%").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a percentage; write e.g. 1% or 0.5") from None
+    if not 0 <= number <= 100:
+        raise ValueError(f"{text!r} must be between 0% and 100%")
+    return number / 100
+
+
+def _fleet_evaluator(url: str, broker: str) -> object:
+    """A ``FleetEvaluator`` over the devices the store last saw online; the fleet side is imported only here."""
+    from edgefleet.agent.transport import BrokerURL
+    from edgefleet.deploy.fleet_evaluator import FleetEvaluator
+    from edgefleet.deploy.store import StoreError, TelemetryStore
+
+    try:
+        broker_url = BrokerURL.parse(broker)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from None
+    try:
+        with TelemetryStore(url) as store:
+            return FleetEvaluator.from_store(store, broker=broker_url)
+    except StoreError as exc:
+        raise click.ClickException(f"--fleet-db {url}: {exc}") from None
+
+
+def _fleet_corrections(url: str, out_dir: Path) -> dict[str, float]:
+    """Per-profile latency corrections from a telemetry store, joined with the manifests of the packages
+    it knows and of those in ``out_dir`` (the previous compile's); the fleet side is imported only here."""
+    from edgefleet.deploy.cost_feedback import corrections_from_store
+    from edgefleet.deploy.store import StoreError, TelemetryStore
+
+    try:
+        with TelemetryStore(url) as store:
+            return {p: c.factor for p, c in corrections_from_store(store, package_dirs=[out_dir] if out_dir.is_dir() else []).items()}
+    except StoreError as exc:
+        raise click.ClickException(f"--fleet-db {url}: {exc}") from None
 
 
 def _signing_key(key_path: Path | None) -> Path:
@@ -129,21 +252,106 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-def keys_generate(path: Path) -> None:
+@click.option("--not-before", metavar="DATE", help="Devices accept this key's signatures from this ISO 8601 date or "
+              "time (UTC unless it says otherwise) on; it is written into the .pub.")
+@click.option("--not-after", metavar="DATE", help="...and until this date or time; after it, the key verifies nothing.")
+def keys_generate(path: Path, not_before: str | None, not_after: str | None) -> None:
     """Write a new private key to PATH (mode 0600) and its public key to PATH with a .pub suffix.
 
-    Keep PATH secret; copy the .pub to every device and start its agent with --trust FILE.pub.
+    Keep PATH secret; copy the .pub to every device and start its agent with --trust FILE.pub
+    (or drop it into the agent's trusted-keys directory). To rotate: generate a new key, add its
+    .pub to the devices beside the old one, sign with the new key, then `edgefleet keys revoke`
+    the old one. See docs/security.md.
     """
     from edgefleet.agent import keys as agent_keys
 
     try:
-        private, public = agent_keys.generate(path)
+        window = {name: _parse_date(value, option) for name, value, option in
+                  (("not_before", not_before, "--not-before"), ("not_after", not_after, "--not-after"))
+                  if value is not None}
+        private, public = agent_keys.generate(path, **window)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     key_id = agent_keys.key_id(agent_keys.load_private(private).public_key())
     click.echo(f"key id {key_id}")
     click.echo(f"  private: {private} (keep it secret; sign with `edgefleet compile --key {private}`)")
     click.echo(f"  public:  {public} (give it to agents: `edgefleet agent --trust {public}`)")
+
+
+@keys.command("list")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@json_option
+def keys_list(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Show the keys an agent given PATHS as --trust would accept: id, validity window, revoked or not.
+
+    PATHS are .pub files or trusted-keys directories (whose `revoked` file lists revoked key ids).
+
+    \b
+      edgefleet keys list /etc/edgefleet/trusted-keys
+    """
+    import time
+
+    from edgefleet.agent.keys import TrustStore
+
+    try:
+        trust = TrustStore.from_paths(list(paths))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    now = time.time()
+    rows = [{"key_id": k.key_id, "file": k.source, "window": k.window(),
+             "status": "revoked" if trust.is_revoked(k.key_id) else "valid" if k.valid_at(now) else "outside window"}
+            for k in trust.entries()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['key_id']}  {r['status']:<14}  {r['window']:<44}  {r['file']}")
+    if not rows:
+        click.echo("no keys")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+              help="Private key that signs the revocation: one the devices trust and that is not revoked "
+                   "(the revoked key itself will do, if you still have it).")
+@click.option("--reason", default="", help="Why, for the agents' logs.")
+@broker_option
+@json_option
+def keys_revoke(key_id: str, key_path: Path, reason: str, broker: BrokerURL, as_json: bool) -> None:
+    """Revoke signing key KEY_ID on every device: publish a signed revocation, retained on the broker.
+
+    Agents that hear it, now or when they next connect, refuse everything KEY_ID signed from then
+    on, and keep the revocation on disk: it cannot be taken back. To revoke without the broker,
+    add KEY_ID to the `revoked` file of the agents' trusted-keys directory.
+
+    \b
+      edgefleet keys revoke 3f2a9c0d1e4b5a67 --key ~/.edgefleet/keys/signing-2027.key \\
+          --reason "laptop stolen" --broker mqtt://fleet.example:1883
+    """
+    from edgefleet.agent import keys as agent_keys
+    from edgefleet.agent.errors import TransportError
+    from edgefleet.deploy.push import revoke_key
+
+    try:
+        revocation = revoke_key(broker, key_id, agent_keys.load_private(key_path), reason=reason)
+    except (ValueError, TransportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(revocation.model_dump(mode="json"), indent=2))
+    else:
+        click.echo(f"revoked key {key_id} (signed by key {revocation.signer}) on {broker}")
+
+
+def _parse_date(value: str, option: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date (2027-01-31 or 2027-01-31T12:00:00Z)",
+                                 param_hint=option) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()  # a bare date is UTC
 
 
 @click.command(name="convert")
@@ -157,12 +365,19 @@ def keys_generate(path: Path) -> None:
               help="Quantize the TFLite model with ai-edge-quantizer: fp16 weights; dynamic (int8 weights, float "
                    "activations); int8 (full integer, calibrated); int16x8 (int16 activations, int8 weights, "
                    "calibrated); int4 (weight-only int4). Inputs and outputs stay float32.")
-@click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
-              help="Real input samples (.npz keyed by input name, or .npy) for --quantize int8/int16x8 (required "
-                   "there); a quarter is held out to measure fidelity, on random inputs otherwise.")
+@click.option("--calibration", type=click.Path(path_type=Path), metavar="DATA",
+              help="Real input samples for --quantize int8/int16x8 (required there): an .npz keyed by input name, "
+                   "an .npy, or a folder of images (png/jpg) read with --preprocess. A quarter is held out to "
+                   "measure fidelity, on random inputs otherwise.")
+@click.option("--preprocess", metavar="SPEC",
+              help="How images in a --calibration folder become inputs: comma-separated key=value "
+                   "(color=rgb|bgr|gray, resize=WIDTHxHEIGHT, scale=1/255, mean=R,G,B, std=R,G,B, layout=nchw|nhwc) "
+                   "or a .yaml file with those keys. Default: preprocess.yaml in the folder, else rgb, the model's "
+                   "size, scale 1/255, no mean/std, nchw.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def convert_command(
-    model: Path, out_path: Path, input_shapes: tuple[str, ...], mode: str | None, calibration: Path | None, as_json: bool
+    model: Path, out_path: Path, input_shapes: tuple[str, ...], mode: str | None, calibration: Path | None,
+    preprocess: str | None, as_json: bool,
 ) -> None:
     """Convert an ONNX model to TFLite without TensorFlow, optionally quantize it, and check it.
 
@@ -179,6 +394,8 @@ def convert_command(
       edgefleet convert model.onnx -o model.tflite
       edgefleet convert model.onnx -o model.tflite --input-shape input:1,3,224,224 --json
       edgefleet convert model.onnx -o model-int8.tflite --quantize int8 --calibration samples.npz
+      edgefleet convert model.onnx -o model-int8.tflite --quantize int8 --calibration images/ \\
+          --preprocess resize=224x224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -200,7 +417,10 @@ def convert_command(
         raise fail(str(exc), "UsageError") from None
     if mode is not None and Mode(mode).needs_calibration and calibration is None:
         raise fail(f"--quantize {mode} quantizes activations and needs --calibration DATA (an .npz of real input "
-                   "samples keyed by input name, or .npy) to fit their ranges; or use --quantize fp16 or dynamic",
+                   "samples keyed by input name, .npy, or a folder of images) to fit their ranges; or use --quantize "
+                   "fp16 or dynamic", "UsageError")
+    if preprocess is not None and (calibration is None or not calibration.is_dir()):
+        raise fail("--preprocess describes how images become inputs; it needs --calibration FOLDER (of png/jpg images)",
                    "UsageError")
     try:
         proto = onnx.load(str(model))
@@ -208,7 +428,8 @@ def convert_command(
         raise fail(f"{model}: cannot read an ONNX model: {exc}", "ModelError") from None
     try:
         result = convert(proto, input_shapes=shapes or None)
-        data = calibration_data.load_dataset(calibration, result.inputs) if calibration is not None else None
+        data = (calibration_data.load_dataset(calibration, result.inputs, preprocess=preprocess)
+                if calibration is not None else None)
         quantized = None
         if mode is not None:
             calib, held_out = calibration_data.split(data) if data is not None else (None, calibration_data.synthetic(result.inputs))

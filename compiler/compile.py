@@ -5,13 +5,13 @@ The steps, each in its own module:
 1. resolve the profiles and their runtime targets (fail before any work if one cannot be served),
 2. load and check the model, fixing a symbolic batch dimension to 1 (``onnx_model``),
 3. load calibration data and split off held-out samples, or fall back to random inputs (``calibration``),
-4. run every candidate pass on the original model and measure it (``passes``); when a profile is
-   served by LiteRT, also convert the model to TFLite, quantize it with ai-edge-quantizer and
-   measure each TFLite candidate in LiteRT (``tflite.candidates``); when a profile is a
-   microcontroller (TFLite Micro), make the full-integer int8 TFLite model and measure its
-   fidelity, tensor arena and flash in TFLM (``tflm.candidates``),
-5. choose a candidate per profile among its runtime's candidates (``planner``), and fail if any
-   profile has none,
+4. build and measure the candidates of each runtime the profiles need (``search``): the format
+   stages (fp32, int8 static/dynamic in onnxruntime; the model converted to TFLite and quantized
+   with ai-edge-quantizer, measured in LiteRT (``tflite.candidates``); full-integer int8 measured
+   in TFLite Micro, with its tensor arena and flash (``tflm.candidates``)), and with search options
+   also the structural passes' knobs (pruning, low-rank, clustering, ...) before them,
+5. choose a candidate per profile among its runtime's candidates (``planner``: fidelity budget,
+   memory, limits, then the objective estimated by ``cost_model``), and fail if any profile has none,
 6. export, attach test vectors, sign and write ``OUT/<name>-<profile>.efpkg`` (``targets``, ``packaging``).
 
 Candidates do not depend on the profile (the same int8 model serves every onnxruntime device), so
@@ -22,14 +22,17 @@ reference of both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,22 +40,35 @@ from edgefleet.agent import keys
 from edgefleet.agent.package import Manifest, file_sha256, write_package
 from edgefleet.compiler import calibration, inference, packaging, planner, report
 from edgefleet.compiler.calibration import Dataset
-from edgefleet.compiler.errors import CompileError, NoCandidateFits, PassError
+from edgefleet.compiler.errors import CompileError, NoCandidateFits
 from edgefleet.compiler.onnx_model import LoadedModel, load_model
-from edgefleet.compiler.passes import PASSES, Fp32Config, PassConfig, PassData, PassResult
+from edgefleet.compiler.passes import Fp32Config, PassConfig, PassData
 from edgefleet.compiler.passes.quantize import DynamicInt8Config, StaticInt8Config
 from edgefleet.compiler.planner import Budget, Candidate, Plan
+from edgefleet.compiler.search import (
+    Evaluator,
+    Exploration,
+    Measured,
+    SearchOptions,
+    explore,
+    rebuild,
+)
 from edgefleet.compiler.targets import EXPORTERS, Artifact, Exporter, exporter_for
-from edgefleet.compiler.tflite.candidates import DEFAULT_LITERT_CANDIDATES, LiteRTCandidate, litert_candidates
+from edgefleet.compiler.tflite.candidates import (
+    DEFAULT_LITERT_CANDIDATES,
+    LiteRTCandidate,
+)
 from edgefleet.compiler.tflite.errors import ConversionError
-from edgefleet.compiler.tflm.candidates import TFLMCandidate, quantize_array, tflm_candidate
+from edgefleet.compiler.tflm.candidates import TFLMCandidate, quantize_array
 from edgefleet.compiler.tflm.target import TFLMTarget as TFLMArtifacts
 from edgefleet.hardware_profiles import HardwareProfile, load_profile
-from edgefleet.hardware_profiles.schema import Runtime
+from edgefleet.hardware_profiles.schema import NumberFormat, Runtime
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES: tuple[PassConfig, ...] = (Fp32Config(), StaticInt8Config(), DynamicInt8Config(), *DEFAULT_LITERT_CANDIDATES)
+MEASURED_ON_FLEET = 3
+"""How many of a profile's best feasible candidates an evaluator measures."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -69,6 +85,7 @@ class CompileResult:
     manifest: Manifest
     plan: Plan
     notes: tuple[str, ...] = field(default=())
+    plot_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +96,7 @@ class CompileResult:
             "size_bytes": self.size_bytes,
             "reference_size_bytes": self.reference_size_bytes,
             "signer": self.manifest.signer,
+            "pareto_plot": str(self.plot_path) if self.plot_path else None,
             **{k: v for k, v in self.manifest.report.items() if k not in ("profile", "runtime", "chosen")},
         }
 
@@ -91,18 +109,39 @@ def compile_model(
     key_path: Path | str,
     calibration: Path | str | None = None,
     evaluation: Path | str | None = None,
+    data: Path | str | None = None,
+    labels: Path | str | None = None,
     name: str | None = None,
     version: str = "1",
     budget: Budget = planner.DEFAULT_BUDGET,
     candidates: Sequence[PassConfig] = DEFAULT_CANDIDATES,
+    search: SearchOptions | None = None,
+    objective: str | None = None,
+    corrections: Mapping[str, float] | None = None,
+    best_effort: bool = False,
+    plot: bool = False,
+    evaluator: Evaluator | None = None,
     progress: bool = False,
 ) -> list[CompileResult]:
     """Compile ``model_path`` for each profile and write one signed package per profile into ``out_dir``.
 
     ``calibration``: samples for static int8 (``.npz``/``.npy``, see ``calibration``); a quarter is held
     out to measure fidelity unless ``evaluation`` names separate held-out data. Without either, fidelity
-    is measured on random inputs and static int8 is skipped. Raises ``CompileError`` subclasses (and
-    ``ProfileError`` for an unknown profile); writes nothing unless every profile gets a package.
+    is measured on random inputs and static int8 is skipped. ``data`` is held-out data like
+    ``evaluation``, but without ``calibration`` a quarter of it calibrates and the rest measures.
+    ``labels`` (``.npy``) adds labels to the held-out data when its file has none.
+
+    Without ``search`` the candidates are the format stages of ``candidates`` (fp32, int8 static and
+    dynamic, the LiteRT modes, full-int8 TFLM); with it, ``search.explore`` also tries the structural
+    passes' knobs within its time budget. ``objective`` (latency, size or energy) makes the planner
+    minimise it (cost-model estimates, scaled by ``corrections`` per profile); without it the fixed
+    preference rules apply. ``plot`` writes ``<name>-<profile>-pareto.svg`` next to each package.
+    ``evaluator`` (e.g. ``deploy.fleet_evaluator.FleetEvaluator``) measures the
+    ``MEASURED_ON_FLEET`` best feasible candidates of each profile for real, and the choice then
+    uses their measured latency.
+
+    Raises ``CompileError`` subclasses (and ``ProfileError`` for an unknown profile); writes nothing
+    unless every profile gets a package (or, with ``best_effort``, the least-bad candidate).
     """
     model_path = Path(model_path)
     name = _package_name(name if name is not None else model_path.stem, given=name is not None)
@@ -113,34 +152,35 @@ def compile_model(
     loaded = load_model(model_path)
     for note in loaded.notes:
         log.info("%s: %s", model_path, note)
-    calib, held_out, data_notes = _data(loaded, calibration, evaluation)
+    if data is not None and evaluation is not None:
+        raise CompileError("give held-out data once: --data or --eval, not both")
+    calib, held_out, data_notes = _data(loaded, calibration, evaluation if data is None else data, labels, split=data is not None)
     notes = [*loaded.notes, *data_notes]
 
     reference = tuple(inference.run_model(loaded.model, list(held_out.feeds()), progress=progress, desc="reference"))
-    data = PassData(evaluation=held_out, calibration=calib, reference=reference)
-    onnx_configs = [c for c in candidates if c.scheme in PASSES]
-    results, skipped = _run_candidates(loaded, data, onnx_configs, progress=progress)
-    measured = {Runtime.ONNXRUNTIME: [_candidate(r) for r in results.values()]}
-    reference_sizes = {Runtime.ONNXRUNTIME: results[planner.REFERENCE].report.size_bytes}
-    tflite: dict[str, LiteRTCandidate] = {}
-    if any(exporter.runtime is Runtime.LITERT for _, exporter, _ in targets):
-        fp32 = _candidate(results[planner.REFERENCE])
+    pass_data = PassData(evaluation=held_out, calibration=calib, reference=reference)
+    explored = Exploration()
+    while True:
+        wanted = _served(targets)
+        todo = {r: served for r, served in wanted.items() if r not in explored.measured}
         try:
-            tflite, litert_skipped = litert_candidates(fp32, loaded.model, loaded.inputs, data, candidates)
+            more = explore(loaded, pass_data, todo, options=search, budget=budget, legacy=candidates,
+                           corrections=corrections, progress=progress)
         except ConversionError as exc:
+            if Runtime.LITERT not in todo:
+                raise
             targets = [_without_litert(t, exc) for t in targets]
-        else:
-            skipped.update(litert_skipped)
-            measured[Runtime.LITERT] = [c.candidate for c in tflite.values()]
-            reference_sizes[Runtime.LITERT] = tflite[planner.REFERENCE].candidate.size_bytes
-    tflm: TFLMCandidate | None = None
-    if any(exporter.runtime is Runtime.TFLM for _, exporter, _ in targets):
-        tflm = tflm_candidate(_candidate(results[planner.REFERENCE]), loaded.model, loaded.inputs, data)
-        measured[Runtime.TFLM] = [tflm.candidate]
-        reference_sizes[Runtime.TFLM] = tflm.float_size_bytes
+            continue
+        explored.measured.update(more.measured)
+        explored.skipped.update(more.skipped)
+        explored.log.update(more.log)
+        break
+    measured = {r: [m.candidate for m in by_name.values()] for r, by_name in explored.measured.items()}
+    reference_sizes = {r: _reference_size(r, by_name) for r, by_name in explored.measured.items()}
 
     plans = {
-        p.name: planner.plan(measured[exporter.runtime], p, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats)
+        p.name: planner.plan(measured[exporter.runtime], p, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats,
+                             objective=objective, corrections=corrections, best_effort=best_effort)
         for p, exporter, _ in targets
     }
     failed = [plan for plan in plans.values() if plan.chosen is None]
@@ -150,39 +190,84 @@ def compile_model(
         )
         raise NoCandidateFits(f"no candidate fits {', '.join(p.profile for p in failed)}:\n{tables}", plans=list(plans.values()))
 
+    artifacts = {r: {n: m.artifact for n, m in by_name.items()} for r, by_name in explored.measured.items()}
     extra = {
         "model": {"file": model_path.name, "sha256": file_sha256(model_path)},
         # int8 kernels differ by CPU (see packaging), so fidelity figures name where they were measured.
-        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, **_litert_version(tflite, tflm)},
+        "measured_on": {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__,
+                        **_litert_version(Runtime.LITERT in artifacts, Runtime.TFLM in artifacts)},
         "evaluation": held_out.describe(),
         "calibration": calib.describe() if calib else None,
-        "skipped": skipped,
+        "skipped": explored.skipped,
+        "search": explored.log,
     }
+    def artifact_of(profile: HardwareProfile, exporter: Exporter, scheme: str) -> tuple[Artifact, Dataset, dict[str, Any]]:
+        m = explored.measured[exporter.runtime][scheme]
+        if m.artifact is None:
+            m = rebuild(loaded, pass_data, m)  # the figures came from the cache; the bytes are made again
+        if exporter.runtime is Runtime.LITERT:
+            # Package the very bytes that were measured in LiteRT.
+            return _tflite_artifact(m.artifact), held_out, {}
+        if exporter.runtime is Runtime.TFLM:
+            tflm: TFLMCandidate = m.artifact
+            # Test vectors hold what the firmware feeds: int8 inputs, and TFLM's int8 outputs.
+            return TFLMArtifacts().artifact(tflm, package=name), _quantized(held_out, tflm), _tflm_metrics(tflm, profile)
+        return exporter.export(m.artifact.model, loaded.inputs, loaded.outputs), held_out, {}
+
+    if evaluator is not None:
+        for profile, exporter, _ in targets:
+            plan = plans[profile.name]
+            trial = sorted((v for v in plan.verdicts if v.feasible), key=lambda v: planner.objective_value(v, objective or "latency"))
+            with tempfile.TemporaryDirectory(prefix="edgefleet-measure-") as tmp:
+                packages = {}
+                for i, v in enumerate(trial[:MEASURED_ON_FLEET]):
+                    artifact, vectors, metrics = artifact_of(profile, exporter, v.candidate.scheme)
+                    written = _write(plan, v.candidate, artifact, exporter=exporter, held_out=vectors, metrics=metrics,
+                                     name=name, version=f"{version}.candidate{i}", out_dir=Path(tmp), key=key,
+                                     reference_size=reference_sizes[exporter.runtime], extra={**extra, "notes": notes})
+                    packages[v.candidate.scheme] = written.package_path.rename(Path(tmp) / f"candidate{i}.efpkg")
+                latencies = evaluator.measure(profile, packages)
+            if latencies:
+                plans[profile.name] = planner.plan(
+                    measured[exporter.runtime], profile, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats,
+                    objective=objective or "latency", corrections=corrections, best_effort=best_effort, measured=latencies)
+
     out = []
     for profile, exporter, target_notes in targets:
         plan = plans[profile.name]
         assert plan.chosen is not None  # checked above
-        vectors, metrics = held_out, {}
-        if exporter.runtime is Runtime.LITERT:
-            # Package the very bytes that were measured in LiteRT.
-            chosen = tflite[plan.chosen.scheme]
-            artifact = _tflite_artifact(chosen)
-        elif exporter.runtime is Runtime.TFLM:
-            assert tflm is not None
-            artifact = TFLMArtifacts().artifact(tflm, package=name)
-            # Test vectors hold what the firmware feeds: int8 inputs, and TFLM's int8 outputs.
-            vectors = _quantized(held_out, tflm)
-            metrics = _tflm_metrics(tflm, profile)
-        else:
-            artifact = exporter.export(results[plan.chosen.scheme].model, loaded.inputs, loaded.outputs)
+        artifact, vectors, metrics = artifact_of(profile, exporter, plan.chosen.scheme)
+        chosen_verdict = next(v for v in plan.verdicts if v.candidate is plan.chosen)
+        cost = {"cost_estimate": chosen_verdict.estimate.to_dict() if chosen_verdict.estimate else None,
+                "objective": objective}
+        plot_path = None
+        if plot:
+            plot_path = report.write_pareto_svg(plan, packaging.package_path(Path(out_dir), name, plan.profile).with_suffix("").with_name(
+                f"{name}-{plan.profile}-pareto.svg"))
+            cost["pareto_plot"] = plot_path.name
         out.append(
             _write(
                 plan, plan.chosen, artifact, exporter=exporter, held_out=vectors, metrics=metrics,
                 name=name, version=version, out_dir=Path(out_dir), key=key, reference_size=reference_sizes[exporter.runtime],
-                extra={**extra, "notes": [*notes, *target_notes]},
+                extra={**extra, **cost, "notes": [*notes, *target_notes]}, plot=plot_path,
             )
         )
     return out
+
+
+def _served(targets: Sequence[tuple[HardwareProfile, Exporter, tuple[str, ...]]]) -> dict[Runtime, list[tuple[HardwareProfile, frozenset[NumberFormat]]]]:
+    served: dict[Runtime, list[tuple[HardwareProfile, frozenset[NumberFormat]]]] = {}
+    for profile, exporter, _ in targets:
+        served.setdefault(exporter.runtime, []).append((profile, exporter.formats))
+    return served
+
+
+def _reference_size(runtime: Runtime, by_name: Mapping[str, Measured]) -> int:
+    """The float model's size in the runtime's own format: what 'smaller by' is measured against."""
+    if runtime is Runtime.TFLM:
+        m = next(iter(by_name.values()))
+        return m.artifact.float_size_bytes if m.artifact is not None else m.candidate.size_bytes
+    return by_name[planner.REFERENCE].candidate.size_bytes
 
 
 def _without_litert(
@@ -208,14 +293,14 @@ def _tflite_artifact(c: LiteRTCandidate) -> Artifact:
                     inputs=c.inputs, outputs=c.outputs)
 
 
-def _litert_version(tflite: dict[str, LiteRTCandidate], tflm: TFLMCandidate | None = None) -> dict[str, str]:
-    if not tflite and tflm is None:
+def _litert_version(litert: bool, tflm: bool) -> dict[str, str]:
+    if not litert and not tflm:
         return {}
     import importlib.metadata
 
     versions = {"ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
                 "ai_edge_quantizer": importlib.metadata.version("ai-edge-quantizer")}
-    if tflm is not None:
+    if tflm:
         versions["tflite_micro"] = importlib.metadata.version("tflite-micro")
     return versions
 
@@ -273,13 +358,24 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _data(
-    loaded: LoadedModel, calibration_path: Path | str | None, evaluation_path: Path | str | None
+    loaded: LoadedModel, calibration_path: Path | str | None, evaluation_path: Path | str | None,
+    labels_path: Path | str | None = None,
+    *,
+    split: bool = False,
 ) -> tuple[Dataset | None, Dataset, list[str]]:
     """(calibration samples or None, held-out samples, notes for the report)."""
     notes: list[str] = []
     calib = calibration.load_dataset(calibration_path, loaded.inputs) if calibration_path is not None else None
     if evaluation_path is not None:
         held_out = calibration.load_dataset(evaluation_path, loaded.inputs)
+        if labels_path is not None:
+            held_out = dataclasses.replace(held_out, labels=_labels(Path(labels_path), len(held_out)))
+        if calib is None and split:
+            calib, held_out = calibration.split(held_out)
+            notes.append(f"calibrated on {len(calib)} of the {len(calib) + len(held_out)} --data samples; "
+                         f"fidelity measured on the other {len(held_out)}")
+    elif labels_path is not None:
+        raise CompileError(f"{labels_path}: --labels label the held-out samples; pass them with --data VAL.npz")
     elif calib is not None:
         calib, held_out = calibration.split(calib)
         notes.append(f"held out {len(held_out)} of {len(calib) + len(held_out)} calibration samples to measure fidelity")
@@ -297,48 +393,14 @@ def _data(
     return calib, held_out, notes
 
 
-def _run_candidates(
-    loaded: LoadedModel, data: PassData, configs: Sequence[PassConfig], *, progress: bool
-) -> tuple[dict[str, PassResult], dict[str, str]]:
-    """Every candidate's PassResult by scheme, and the schemes skipped with the reason."""
-    from tqdm import tqdm
-
-    if not any(isinstance(c, Fp32Config) for c in configs):
-        configs = (Fp32Config(), *configs)  # the reference every ratio and choice is measured against
-    results: dict[str, PassResult] = {}
-    skipped: dict[str, str] = {}
-    for config in tqdm(configs, desc="candidates", unit="pass", disable=not progress):
-        pass_ = PASSES[config.scheme](config)
-        if isinstance(config, StaticInt8Config) and data.calibration is None:
-            skipped[config.scheme] = "no calibration data"
-            continue
-        try:
-            results[config.scheme] = pass_(loaded.model, data, progress=progress)
-        except PassError as exc:
-            if isinstance(config, Fp32Config):
-                raise
-            # One technique failing on this model should not stop the others; the report says why.
-            log.warning("%s", exc)
-            skipped[config.scheme] = str(exc)
-    return results, skipped
-
-
-def _candidate(result: PassResult) -> Candidate:
-    r = result.report
-    config_type = PASSES[r.pass_name].config_type
-    return Candidate(
-        scheme=r.pass_name,
-        config=r.config,
-        number_format=config_type.number_format,
-        runtime_quantization=config_type.runtime_quantization,
-        modified=r.modified,
-        params=r.params,
-        nonzero_params=r.nonzero_params,
-        size_bytes=r.size_bytes,
-        ram_bytes=r.ram_bytes,
-        fidelity=r.fidelity,
-        notes=r.notes,
-    )
+def _labels(path: Path, count: int) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"{path}: cannot read labels ({exc}); write them with numpy.save as one integer per sample") from None
+    if labels.ndim != 1 or len(labels) != count or labels.dtype.kind not in "iu":
+        raise CompileError(f"{path}: labels must be {count} integers (one per held-out sample), got {labels.dtype} of shape {list(labels.shape)}")
+    return labels
 
 
 def _write(
@@ -355,6 +417,7 @@ def _write(
     reference_size: int,
     extra: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    plot: Path | None = None,
 ) -> CompileResult:
     manifest, files = packaging.build(
         name=name, version=version, plan=plan, candidate=chosen, artifact=artifact, exporter=exporter,
@@ -375,4 +438,5 @@ def _write(
         manifest=signed,
         plan=plan,
         notes=tuple(extra["notes"]),
+        plot_path=plot,
     )

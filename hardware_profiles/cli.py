@@ -12,7 +12,12 @@ from typing import Any
 import click
 import yaml
 
-from edgefleet.hardware_profiles import HardwareProfile, ProfileError, list_profiles, load_profile
+from edgefleet.hardware_profiles import (
+    HardwareProfile,
+    ProfileError,
+    list_profiles,
+    load_profile,
+)
 
 # Units tried in order; a size is shown in the first one that divides it exactly, which gives back
 # what the profile author wrote ("4 GiB", "32 GB", "640 KiB").

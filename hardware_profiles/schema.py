@@ -86,6 +86,10 @@ class Memory(_Strict):
         default=None, description="External PSRAM on a microcontroller board: large, slower than SRAM."
     )
     bandwidth_gbps: float = Field(gt=0, description="Sustained memory bandwidth, GB/s.")
+    cache: ByteSize | None = Field(
+        default=None, description="Last-level CPU cache. The cost model reads weights that fit in it from cache, not "
+        "from memory; without it every weight byte is charged at bandwidth_gbps."
+    )
 
     @model_validator(mode="after")
     def _somewhere_to_keep_the_model(self) -> Memory:
@@ -104,6 +108,15 @@ class Throughput(_Strict):
     fp32_gflops: float = Field(gt=0)
     int8_gops: float = Field(gt=0)
     fp16_gflops: float | None = Field(default=None, gt=0)
+    # Small models are dominated by what each call and each operator costs the runtime, not by
+    # arithmetic; the compiler's cost model needs these to estimate them (compiler/cost_model.py).
+    call_overhead_us: float | None = Field(
+        default=None, ge=0, description="Fixed cost of one inference call in the runtime, microseconds. "
+        "Default: derived from the clock (see compiler/cost_model.py)."
+    )
+    op_overhead_us: float | None = Field(
+        default=None, ge=0, description="Fixed cost of dispatching one operator, microseconds. Default: derived from the clock."
+    )
 
 
 class PowerModel(_Strict):

@@ -1,0 +1,188 @@
+"""The search builds and measures candidates for real, prunes dominated ones, caches, and respects its budget;
+``edgefleet compile`` with the search's flags chooses per profile and says why."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgefleet.agent.package import read_manifest
+from edgefleet.compiler import calibration, inference
+from edgefleet.compiler.cli import compile_command
+from edgefleet.compiler.compile import compile_model
+from edgefleet.compiler.errors import NoCandidateFits
+from edgefleet.compiler.onnx_model import load_model
+from edgefleet.compiler.passes import PASSES, LowRankConfig, PassData, StaticInt8Config
+from edgefleet.compiler.planner import Budget
+from edgefleet.compiler.search import Point, SearchOptions, explore, structural_grid
+from edgefleet.hardware_profiles import load_profile
+from edgefleet.hardware_profiles.schema import NumberFormat, Runtime
+
+
+def test_a_point_is_named_by_its_passes_and_settings_and_records_the_pipeline() -> None:
+    plain = Point((), StaticInt8Config())
+    assert plain.name == "int8-static" and plain.to_dict() == StaticInt8Config().to_dict()
+    p = Point((LowRankConfig(energy=0.8),), StaticInt8Config(calibrate_method="percentile"))
+    assert p.name == "lowrank(energy=0.8)+int8-static(calibrate_method=percentile)"
+    d = p.to_dict()
+    assert d["scheme"] == p.name and d["number_format"] == "int8"
+    assert [s["scheme"] for s in d["pipeline"]] == ["lowrank", "int8-static"]
+
+
+def test_the_structural_grid_comes_from_the_pass_registry() -> None:
+    schemes = {steps[0].scheme for steps in structural_grid()}
+    float_passes = {s for s, p in PASSES.items() if s != "fp32" and p.config_type.number_format is NumberFormat.FP32}
+    assert schemes == float_passes and {"prune", "channel-prune", "lowrank", "cluster"} <= schemes
+
+
+@pytest.fixture(scope="module")
+def pieces(digits_mlp):  # type: ignore[no-untyped-def]
+    loaded = load_model(digits_mlp.onnx_path)
+    calib = calibration.load_dataset(digits_mlp.calibration_path, loaded.inputs)
+    held = calibration.load_dataset(digits_mlp.validation_path, loaded.inputs)
+    # 100 held-out samples keep the grid quick; the compile tests below use all 450.
+    held = dataclasses.replace(held, arrays={k: v[:100] for k, v in held.arrays.items()},
+                               labels=None if held.labels is None else held.labels[:100])
+    reference = tuple(inference.run_model(loaded.model, list(held.feeds())))
+    return loaded, PassData(evaluation=held, calibration=calib, reference=reference)
+
+
+def test_the_grid_measures_every_point_once_and_the_cache_answers_the_second_run(pieces, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    loaded, data = pieces
+    pi = load_profile("raspberry-pi-4")
+    served = {Runtime.ONNXRUNTIME: [(pi, frozenset({NumberFormat.FP32, NumberFormat.INT8}))]}
+    options = SearchOptions(time_budget_s=600, cache_dir=tmp_path / "cache", grid_limit=10_000)
+    first = explore(loaded, data, served, options=options, budget=Budget())
+    measured = first.measured[Runtime.ONNXRUNTIME]
+    assert {"fp32", "int8-dynamic", "int8-static"} <= set(measured)
+    assert any(name.startswith("channel-prune(ratio=0.25)+") for name in measured)
+    assert first.log["modes"]["onnxruntime"].startswith("grid")
+    # Pruning and clustering leave the dense model's cost as it was (dense kernels), so their int8
+    # twins, which int8-static beats on every estimate and already meets the budget, are not built.
+    assert first.skipped["prune(sparsity=0.5)+int8-static"].startswith("dominated before building: int8-static")
+    for m in measured.values():
+        assert m.candidate.graph is not None and m.candidate.fidelity.samples == 100
+    second = explore(loaded, data, served, options=options, budget=Budget())
+    assert second.log["built"] == 0 and second.log["cache_hits"] == first.log["built"] + first.log["cache_hits"]
+    again = second.measured[Runtime.ONNXRUNTIME]
+    assert set(again) == set(measured)
+    name = next(n for n in measured if n.startswith("channel-prune"))
+    assert again[name].candidate == measured[name].candidate and again[name].artifact is None
+
+
+def test_a_spent_time_budget_still_measures_the_formats_and_says_what_it_skipped(pieces) -> None:  # type: ignore[no-untyped-def]
+    loaded, data = pieces
+    pi = load_profile("raspberry-pi-4")
+    got = explore(loaded, data, {Runtime.ONNXRUNTIME: [(pi, frozenset(NumberFormat))]},
+                  options=SearchOptions(time_budget_s=0, grid_limit=10_000), budget=Budget())
+    assert all("+" not in name for name in got.measured[Runtime.ONNXRUNTIME])
+    assert any(why == "time budget spent" for why in got.skipped.values())
+
+
+def test_a_large_space_is_searched_with_optuna(pieces) -> None:  # type: ignore[no-untyped-def]
+    loaded, data = pieces
+    pi = load_profile("raspberry-pi-4")
+    got = explore(loaded, data, {Runtime.ONNXRUNTIME: [(pi, frozenset(NumberFormat))]},
+                  options=SearchOptions(time_budget_s=8, grid_limit=1), budget=Budget())
+    assert got.log["modes"]["onnxruntime"].startswith("optuna")
+
+
+@pytest.fixture(scope="module")
+def compiled(digits_mlp, signing_key, tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("searched")
+    result = CliRunner().invoke(compile_command, [
+        str(digits_mlp.onnx_path), "--profile", "raspberry-pi-4", "--profile", "nucleo-l4r5zi",
+        "--calibration", str(digits_mlp.calibration_path), "--data", str(digits_mlp.validation_path),
+        "--max-drop", "1%", "--objective", "latency", "--time-budget", "20", "--explain", "--json",
+        "--cache", str(out / "cache"), "--key", str(signing_key[0]), "-o", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)  # stderr has the calibrators' progress
+
+
+def test_each_profile_gets_a_package_whose_manifest_carries_the_table_estimate_and_plot(compiled) -> None:  # type: ignore[no-untyped-def]
+    out, payload = compiled
+    by_profile = {p["profile"]: p for p in payload["packages"]}
+    assert set(by_profile) == {"raspberry-pi-4", "nucleo-l4r5zi"}
+    for package in by_profile.values():
+        report = read_manifest(Path(package["package"])).report
+        assert report["objective"] == "latency" and report["cost_estimate"]["latency_ms"] > 0
+        rows = {r["scheme"]: r for r in report["candidates"]}
+        chosen = rows[report["chosen"]]
+        assert chosen["chosen"] and chosen["pareto"] and chosen["feasible"]
+        # The choice has the lowest estimated latency among the feasible candidates.
+        assert chosen["estimated_latency_ms"] == min(r["estimated_latency_ms"] for r in rows.values() if r["feasible"])
+        # --max-drop 1% is honoured on the labelled held-out data.
+        assert chosen["reference_accuracy"] - chosen["accuracy"] <= 0.01
+        svg = out / report["pareto_plot"]
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+        assert "lowest estimated latency" in report["reason"]
+    assert by_profile["nucleo-l4r5zi"]["runtime"] == "tflm" and by_profile["raspberry-pi-4"]["runtime"] == "onnxruntime"
+    assert by_profile["raspberry-pi-4"]["search"]["modes"]["onnxruntime"]
+
+
+def test_an_impossible_size_limit_says_by_how_much_and_best_effort_ships_the_closest(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    budget = Budget(max_size_bytes=2048)
+    kwargs = {"calibration": digits_mlp.calibration_path, "evaluation": digits_mlp.validation_path,
+              "key_path": signing_key[0], "budget": budget, "search": SearchOptions(time_budget_s=0), "objective": "size"}
+    with pytest.raises(NoCandidateFits) as info:
+        compile_model(digits_mlp.onnx_path, ["raspberry-pi-4"], out_dir=tmp_path / "a", **kwargs)  # type: ignore[arg-type]
+    assert "Smallest: int8-dynamic at" in str(info.value) and "over --max-size-kb" in str(info.value)
+    assert not (tmp_path / "a").exists()
+    (result,) = compile_model(digits_mlp.onnx_path, ["raspberry-pi-4"], out_dir=tmp_path / "b", best_effort=True,
+                              **kwargs)  # type: ignore[arg-type]
+    assert result.plan.best_effort and result.choice == "int8-dynamic"
+    assert result.manifest.report["best_effort"] and result.manifest.report["reason"].startswith("Best effort")
+
+
+def test_labels_in_a_separate_file_add_accuracy(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with np.load(digits_mlp.validation_path) as z:
+        np.savez(tmp_path / "val.npz", input=z["input"])
+        np.save(tmp_path / "labels.npy", z["labels"])
+    result = CliRunner().invoke(compile_command, [
+        str(digits_mlp.onnx_path), "--profile", "raspberry-pi-4", "--data", str(tmp_path / "val.npz"),
+        "--labels", str(tmp_path / "labels.npy"), "--time-budget", "0", "--cache", str(tmp_path / "cache"), "--key", str(signing_key[0]),
+        "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    (package,) = json.loads(result.stdout)["packages"]
+    assert all(row["accuracy"] is not None for row in package["candidates"])
+    bad = CliRunner().invoke(compile_command, [str(digits_mlp.onnx_path), "--profile", "raspberry-pi-4", "--max-drop", "lots",
+                                               "--key", str(signing_key[0]), "-o", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "'lots' is not a percentage" in bad.output
+
+
+def test_measure_on_fleet_benchmarks_the_best_candidates_on_a_real_agent(digits_mlp, signing_key, broker_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real agent of the profile measures the candidates; the choice uses the measured latency."""
+    import uuid
+
+    from conftest import AgentProcess, Watcher, clear_retained
+
+    from edgefleet.agent import topics
+    from edgefleet.agent.transport import BrokerURL
+    from edgefleet.compiler.compile import MEASURED_ON_FLEET
+    from edgefleet.deploy.fleet_evaluator import FleetEvaluator
+
+    profile = "generic-linux-x86_64"
+    device = f"test-eval-{uuid.uuid4().hex[:8]}"
+    watcher = Watcher(broker_url, topics.state(device))
+    agent = AgentProcess(broker_url, device, tmp_path / "data", signing_key[1], profile=profile).start()
+    try:
+        watcher.wait_for(lambda t, m: m.get("status") == "online", timeout=60)
+        evaluator = FleetEvaluator(broker=BrokerURL.parse(broker_url), devices={profile: [device]}, runs=10, warmup=1)
+        (result,) = compile_model(digits_mlp.onnx_path, [profile], calibration=digits_mlp.calibration_path,
+                                  evaluation=digits_mlp.validation_path, out_dir=tmp_path / "out", key_path=signing_key[0],
+                                  objective="latency", evaluator=evaluator)
+    finally:
+        watcher.close()
+        agent.stop()
+        clear_retained(broker_url, topics.state(device))
+    rows = result.manifest.report["candidates"]
+    measured = {r["scheme"]: r["measured_latency_ms"] for r in rows if r["measured_latency_ms"] is not None}
+    assert 1 <= len(measured) <= MEASURED_ON_FLEET and all(ms > 0 for ms in measured.values())
+    assert result.choice in measured and measured[result.choice] == min(measured.values())
+    assert "measured latency on the fleet" in result.plan.reason
