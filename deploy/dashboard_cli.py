@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import click
+
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.options import broker_option, db_option
 from edgefleet.deploy.store import StoreError, TelemetryStore
@@ -41,6 +42,7 @@ def dashboard(db: Path, host: str, port: int, broker: BrokerURL, collect: bool, 
       edgefleet dashboard --db fleet.db --host 0.0.0.0 --port 8080
     """
     import uvicorn
+
     from edgefleet.deploy.collector import Collector
     from edgefleet.deploy.dashboard.app import create_app
 

@@ -7,28 +7,35 @@ from pathlib import Path
 
 import click
 
+from edgefleet.agent.labels import parse_labels
 from edgefleet.deploy.options import db_option, json_option
-from edgefleet.deploy.registry import STATUSES, DeviceFilter, RegistryError, device_records, render_devices, select_devices
+from edgefleet.deploy.registry import (
+    STATUSES,
+    DeviceFilter,
+    RegistryError,
+    device_records,
+    render_devices,
+    select_devices,
+)
 from edgefleet.deploy.store import StoreError, TelemetryStore
 
 EMPTY_HINT = "no devices known yet: run `edgefleet collect` while devices are connected, or `edgefleet demo`"
 
 
-def _parse_label(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    labels = {}
-    for value in values:
-        key, eq, val = value.partition("=")
-        if not eq or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx=ctx, param=param)
-        labels[key] = val
-    return labels
+def parse_label_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """Click callback for a repeatable ``--label KEY=VALUE``: the labels as a dict, or a usage error saying why."""
+    try:
+        return parse_labels(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 @click.command("devices")
 @click.option("--profile", metavar="NAME", help="Only devices with this hardware profile.")
 @click.option("--group", metavar="NAME", help="Only members of this group.")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", callback=_parse_label,
-              help="Only devices with this label (not in the protocol yet: an error until agents report labels).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", callback=parse_label_option,
+              help="Only devices with this label, as the agent reports it (`edgefleet agent --label`); "
+                   "repeat for devices with all of them.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only online or only offline devices.")
 @db_option
 @json_option
@@ -37,12 +44,13 @@ def devices(profile: str | None, group: str | None, labels: dict[str, str], stat
     """The fleet's devices, from the state each one keeps retained on the broker.
 
     Lists what `edgefleet collect` (or a rollout, or the demo) stored: profile, "(sim)" for
-    simulated devices, online or offline, groups, installed model, agent version, runtimes and
-    when the device was last heard from.
+    simulated devices, online or offline, groups, labels, installed model, agent version,
+    runtimes and when the device was last heard from.
 
     \b
       edgefleet devices
       edgefleet devices --group kitchen --status online
+      edgefleet devices --label site=greenhouse --label floor=2
       edgefleet devices --profile raspberry-pi-4 --json
     """
     try:

@@ -34,12 +34,13 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 
-from edgefleet.deploy.dashboard.views import current_benchmarks
-from edgefleet.deploy.rollout import RolloutStatus
-from edgefleet.deploy.store import TelemetryStore
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from edgefleet.deploy.dashboard.views import current_benchmarks
+from edgefleet.deploy.rollout import RolloutStatus
+from edgefleet.deploy.store import TelemetryStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

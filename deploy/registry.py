@@ -5,8 +5,9 @@ the store's ``devices`` table, so the registry is a query over the store, not a 
 truth. This module selects devices (by id, group, profile, status) for ``edgefleet devices`` and
 for rollout targets, and turns rows into records for the table and ``--json``.
 
-Labels (``--label k=v``) are not in the protocol yet: ``DeviceState`` carries ``groups`` but no
-key-value labels. Selecting by label raises ``RegistryError`` until the agent reports them.
+Labels (``--label k=v``, ``edgefleet.agent.labels``) come from each device's state: a filter with
+several labels matches the devices that have all of them. States from agents older than labels
+carry none, so such devices match no label filter.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.labels import check_labels, format_labels
+from edgefleet.agent.labels import matches as labels_match
 from edgefleet.deploy.store import DeviceRow
 from edgefleet.deploy.tables import Column, render_table
 
 STATUSES = ("online", "offline")
-
-LABELS_UNSUPPORTED = (
-    "device labels are not in the protocol yet (DeviceState has groups but no labels); "
-    "select devices by --group, --profile or --status"
-)
 
 
 class RegistryError(EdgefleetError):
@@ -45,13 +43,14 @@ class DeviceFilter:
         if self.status is not None and self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
         if self.labels:
-            raise RegistryError(LABELS_UNSUPPORTED)
+            check_labels(self.labels)
 
     def matches(self, device: DeviceRow) -> bool:
         return (
             (self.profile is None or device.profile == self.profile)
             and (self.group is None or self.group in device.groups)
             and (self.status is None or device.status == self.status)
+            and (not self.labels or labels_match(device.labels, self.labels))
         )
 
 
@@ -94,6 +93,7 @@ def device_records(devices: Sequence[DeviceRow], *, now: float | None = None) ->
             "simulated": d.simulated,
             "status": d.status,
             "groups": list(d.groups),
+            "labels": dict(d.labels),
             "package_id": d.package_id,
             "model": f"{d.model_name}@{d.model_version}" if d.model_name else None,
             "runtime": d.runtime,
@@ -111,6 +111,7 @@ DEVICE_COLUMNS = (
     Column("PROFILE"),
     Column("STATUS"),
     Column("GROUPS"),
+    Column("LABELS"),
     Column("MODEL"),
     Column("AGENT"),
     Column("RUNTIMES"),
@@ -126,6 +127,7 @@ def render_devices(records: Sequence[dict[str, Any]]) -> str:
             (r["profile"] or "-") + (" (sim)" if r["simulated"] else ""),
             r["status"],
             ",".join(r["groups"]) or None,
+            format_labels(r["labels"]) or None,
             r["model"],
             r["agent_version"] or None,
             ", ".join(v if k in v else f"{k} {v}" for k, v in sorted(r["runtimes"].items())) or None,

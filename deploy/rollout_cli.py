@@ -8,6 +8,7 @@ output on stdout stays clean.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -21,9 +22,16 @@ from edgefleet.agent import topics
 from edgefleet.agent.errors import TransportError
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.collector import Collector
+from edgefleet.deploy.devices_cli import parse_label_option
 from edgefleet.deploy.options import broker_option, db_option, json_option
 from edgefleet.deploy.registry import humanize_age
-from edgefleet.deploy.rollout import Gates, RolloutState, RolloutStatus, Strategy, state_record
+from edgefleet.deploy.rollout import (
+    Gates,
+    RolloutState,
+    RolloutStatus,
+    Strategy,
+    state_record,
+)
 from edgefleet.deploy.rollout_runner import (
     MqttPusher,
     RolloutError,
@@ -92,7 +100,7 @@ def _check_ids(what: str) -> Any:
 def rollout() -> None:
     """Staged rollouts: canary devices first, then waves, gated on failures and model metrics.
 
-    A rollout pushes one package per hardware profile to a group, a profile or a list of
+    A rollout pushes one package per hardware profile to a group, a profile, labels or a list of
     devices, wave by wave; a wave whose failure rate, p90 latency or energy per inference is
     worse than the gates allow aborts the rollout and rolls its devices back to the package they
     ran before. State lives in the --db store, so an interrupted rollout resumes. See docs/fleet.md.
@@ -111,8 +119,11 @@ def rollout() -> None:
 @click.argument("packages", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--group", metavar="NAME", help="Target the group's online devices (with a package for their profile).")
 @click.option("--profile", metavar="NAME", help="Target the online devices with this profile (with --group: both).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", callback=parse_label_option,
+              help="Target the online devices with this label (repeatable: all of them; with --group/--profile: "
+                   "those too).")
 @click.option("--device", "devices", multiple=True, metavar="ID", callback=_check_ids("device id"),
-              help="Target this device (repeatable), instead of --group/--profile.")
+              help="Target this device (repeatable), instead of --group/--profile/--label.")
 @click.option("--canary", multiple=True, metavar="N|ID",
               help="Canary wave first: a number of devices, or device ids (repeatable).  [default: none]")
 @click.option("--waves", default="100", show_default=True, callback=_parse_waves, metavar="P,P,...",
@@ -136,7 +147,7 @@ def rollout() -> None:
 @json_option
 @click.pass_context
 def start(ctx: click.Context, packages: tuple[Path, ...], group: str | None, profile: str | None,
-          devices: tuple[str, ...], canary: tuple[str, ...], waves: tuple[float, ...], wait_between: float,
+          labels: dict[str, str], devices: tuple[str, ...], canary: tuple[str, ...], waves: tuple[float, ...], wait_between: float,
           device_timeout: float, max_failure_rate: float, max_p90_regression: float | None,
           max_energy_regression: float | None, metrics_wait: float, previous: tuple[Path, ...],
           broker: BrokerURL, db: Path, as_json: bool) -> None:
@@ -148,12 +159,13 @@ def start(ctx: click.Context, packages: tuple[Path, ...], group: str | None, pro
 
     \b
       edgefleet rollout start out/digits-*.efpkg --group kitchen --canary 1 --waves 50,100
+      edgefleet rollout start out/digits-*.efpkg --label site=greenhouse --waves 10,100
       edgefleet rollout start new.efpkg --device pi-1 --device pi-2 --max-p90-regression 20%
     """
-    if devices and (group or profile):
-        raise click.UsageError("target either --device IDs or --group/--profile, not both")
-    if not (devices or group or profile):
-        raise click.UsageError("name the target: --group NAME, --profile NAME or --device ID")
+    if devices and (group or profile or labels):
+        raise click.UsageError("target either --device IDs or --group/--profile/--label, not both")
+    if not (devices or group or profile or labels):
+        raise click.UsageError("name the target: --group NAME, --profile NAME, --label KEY=VALUE or --device ID")
     canary_value: int | tuple[str, ...] = 0
     if len(canary) == 1 and canary[0].isdigit():
         canary_value = int(canary[0])
@@ -168,7 +180,8 @@ def start(ctx: click.Context, packages: tuple[Path, ...], group: str | None, pro
         raise click.UsageError(str(exc)) from None
     with _open_store(db) as store, _collecting(broker, store):
         try:
-            state, skipped = plan_rollout(store, packages, Target(devices=devices, group=group, profile=profile),
+            target = Target(devices=devices, group=group, profile=profile, labels=labels)
+            state, skipped = plan_rollout(store, packages, target,
                                           strategy=strategy, gates=gates, previous=previous)
         except RolloutError as exc:
             raise click.ClickException(str(exc)) from None
@@ -314,9 +327,16 @@ def _collecting(broker: BrokerURL, store: TelemetryStore, settle: float = 1.0) -
 
 
 def _run(store: TelemetryStore, broker: BrokerURL, rollout_id: str) -> RolloutState:
-    runner = RolloutRunner(store, rollout_id, MqttPusher(broker), on_note=lambda line: click.echo(f"  {line}", err=True))
+    # Rollbacks are signed (devices refuse older versions otherwise) with the compiler's key:
+    # EDGEFLEET_SIGNING_KEY, else $EDGEFLEET_HOME/keys/signing.key.
+    from edgefleet.compiler.signing import default_key_path
+
+    key = os.environ.get("EDGEFLEET_SIGNING_KEY")
+    pusher = MqttPusher(broker, rollback_key=Path(key) if key else default_key_path(os.environ))
+    runner = RolloutRunner(store, rollout_id, pusher, on_note=lambda line: click.echo(f"  {line}", err=True))
     try:
-        return runner.run()
+        with pusher:
+            return runner.run()
     except RolloutError as exc:
         raise click.ClickException(str(exc)) from None
     except TransportError as exc:  # the broker went away mid-rollout: the store has everything to continue

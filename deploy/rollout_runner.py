@@ -29,18 +29,26 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet.agent import keys, topics
 from edgefleet.agent.errors import EdgefleetError, PackageError
-from edgefleet.agent.messages import Phase
-from edgefleet.agent.package import file_sha256, read_manifest
+from edgefleet.agent.labels import format_labels
+from edgefleet.agent.messages import Deployment, PackageRef, Phase
+from edgefleet.agent.package import Manifest, file_sha256, read_manifest
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy import rollout as engine
-from edgefleet.deploy.push import clear_deployment, push_package
-from edgefleet.deploy.registry import DeviceFilter, RegistryError, find_devices, select_devices
+from edgefleet.deploy.link import BrokerLink
+from edgefleet.deploy.push import chunk_messages, describe_package, sign_rollback
+from edgefleet.deploy.registry import (
+    DeviceFilter,
+    RegistryError,
+    find_devices,
+    select_devices,
+)
 from edgefleet.deploy.rollout import (
     DevicePhase,
     DeviceProgress,
@@ -55,7 +63,13 @@ from edgefleet.deploy.rollout import (
     WaveProgress,
     WaveStatus,
 )
-from edgefleet.deploy.store import PackageRecord, RolloutDeviceRow, RolloutRow, RolloutWaveRow, TelemetryStore
+from edgefleet.deploy.store import (
+    PackageRecord,
+    RolloutDeviceRow,
+    RolloutRow,
+    RolloutWaveRow,
+    TelemetryStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +85,23 @@ class RolloutError(EdgefleetError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Which devices: explicit ids, or a group and/or a profile from the registry."""
+    """Which devices: explicit ids, or a group, a profile and/or labels (all must match) from the registry."""
 
     devices: tuple[str, ...] = ()
     group: str | None = None
     profile: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def selects(self) -> bool:
+        """Whether the target is a selection from the registry (rather than explicit devices)."""
+        return bool(self.group or self.profile or self.labels)
 
     def describe(self) -> str:
         if self.devices:
             return "devices " + ", ".join(self.devices)
         parts = ([f"group {self.group}"] if self.group else []) + ([f"profile {self.profile}"] if self.profile else [])
+        parts += [f"labels {format_labels(self.labels)}"] if self.labels else []
         return " and ".join(parts)
 
 
@@ -117,8 +138,8 @@ def plan_rollout(
     now = time.time() if now is None else now
     if not packages:
         raise RolloutError("name at least one package")
-    if bool(target.devices) == bool(target.group or target.profile):
-        raise RolloutError("name the target: devices, or a group and/or a profile")
+    if bool(target.devices) == target.selects:
+        raise RolloutError("name the target: devices, or a group, a profile and/or labels")
     infos = [register_package(store, p, now=now) for p in packages]
     for p in previous:
         register_package(store, p, now=now)
@@ -132,7 +153,8 @@ def plan_rollout(
         if target.devices:
             candidates = find_devices(known, target.devices)
         else:
-            candidates = select_devices(known, DeviceFilter(group=target.group, profile=target.profile))
+            candidates = select_devices(known, DeviceFilter(group=target.group, profile=target.profile,
+                                                            labels=target.labels))
     except RegistryError as exc:
         raise RolloutError(str(exc)) from None
     skipped: dict[str, str] = {}
@@ -239,25 +261,80 @@ def observe(store: TelemetryStore, s: RolloutState, now: float, request: str | N
 
 
 class Pusher(Protocol):
-    """The seam to the devices: push a package file to a device, or clear its deployment."""
+    """The seam to the devices: push a package file to a device, or clear its deployment.
 
-    def push(self, path: Path, device_id: str, deployment_id: str) -> None: ...
+    ``rollback`` marks a push back to the package a device ran before: devices refuse an older
+    version unless the deployment carries a signed rollback permission (anti-rollback).
+    """
+
+    def push(self, path: Path, device_id: str, deployment_id: str, *, rollback: bool = False) -> None: ...
 
     def clear(self, device_id: str) -> None: ...
 
 
 class MqttPusher:
-    """Pushes through ``edgefleet.deploy.push``: retained chunks, then a retained deployment."""
+    """Pushes as ``edgefleet push`` does (retained chunks, then a retained deployment), over one connection.
 
-    def __init__(self, broker: BrokerURL, *, timeout: float = 30) -> None:
+    A rollout pushes the same few packages to many devices: the connection is opened at the first
+    push and kept, and each package's chunks are published once (they stay retained), so a wave
+    of a thousand devices costs a thousand small deployment messages, not a thousand uploads.
+    Use it as a context manager, or call ``close()``.
+
+    Rollbacks are signed with the private key at ``rollback_key`` (one the devices trust), read
+    at the first rollback; without it a rollback goes unsigned, and a device that has installed a
+    newer version refuses it (it ends ``rollback_failed``, saying why).
+    """
+
+    def __init__(self, broker: BrokerURL, *, timeout: float = 30, rollback_key: Path | None = None) -> None:
         self.broker = broker
         self.timeout = timeout
+        self.rollback_key = rollback_key
+        self._link: BrokerLink | None = None
+        self._packages: dict[Path, tuple[Manifest, PackageRef]] = {}  # described, and chunks published
 
-    def push(self, path: Path, device_id: str, deployment_id: str) -> None:
-        push_package(path, broker=self.broker, device=device_id, deployment_id=deployment_id, timeout=self.timeout)
+    def push(self, path: Path, device_id: str, deployment_id: str, *, rollback: bool = False) -> None:
+        link = self._open()
+        if path not in self._packages:
+            manifest, ref = describe_package(path)
+            link.publish(chunk_messages(path, ref), total=ref.chunk_count())
+            self._packages[path] = (manifest, ref)
+        manifest, ref = self._packages[path]
+        deployment = Deployment(deployment_id=deployment_id, package=ref, profile=manifest.target.profile)
+        if rollback:
+            deployment = self._sign_rollback(deployment, manifest, device_id)
+        # After the chunks (acknowledged above): a device that sees the deployment finds every chunk retained.
+        link.publish([(topics.device_deploy(device_id), deployment.to_bytes())], total=1, what="the deployment")
+        log.debug("pushed %s to %s as deployment %s", ref.id, device_id, deployment_id)
+
+    def _sign_rollback(self, deployment: Deployment, manifest: Manifest, device_id: str) -> Deployment:
+        try:
+            if self.rollback_key is None:
+                raise ValueError("no signing key given")
+            key = keys.load_private(self.rollback_key)
+        except ValueError as exc:
+            log.warning("rollback of %s not signed (%s): a device that has a newer version refuses it", device_id, exc)
+            return deployment
+        return sign_rollback(deployment, manifest, key, device=device_id)
 
     def clear(self, device_id: str) -> None:
-        clear_deployment(self.broker, device=device_id, timeout=self.timeout)
+        self._open().publish([(topics.device_deploy(device_id), b"")], total=1, what="the deployment")
+
+    def close(self) -> None:
+        link, self._link = self._link, None
+        self._packages.clear()
+        if link is not None:
+            link.close()
+
+    def __enter__(self) -> MqttPusher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> BrokerLink:
+        if self._link is None:
+            self._link = BrokerLink(self.broker, timeout=self.timeout).open()
+        return self._link
 
 
 def this_process() -> str:
@@ -402,6 +479,6 @@ class RolloutRunner:
     def _perform(self, actions: Sequence[engine.Action]) -> None:
         for action in actions:
             if isinstance(action, engine.Push):
-                self.pusher.push(Path(action.path), action.device_id, action.deployment_id)
+                self.pusher.push(Path(action.path), action.device_id, action.deployment_id, rollback=action.rollback)
             else:
                 self.pusher.clear(action.device_id)

@@ -22,6 +22,7 @@ import click
 import httpx
 import pytest
 from conftest import free_port, publish, wait_for_port
+
 from edgefleet.agent import topics
 from edgefleet.agent.messages import DeploymentEvent, Phase
 from edgefleet.deploy.cli import main

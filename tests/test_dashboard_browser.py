@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgefleet.deploy.dashboard.sample import benchmark, device_state
 from edgefleet.deploy.dashboard.screenshots import (
     PAGES,

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from edgefleet.deploy.dashboard.app import create_app
 from edgefleet.deploy.dashboard.sample import benchmark, device_state, fill_sample_fleet
 from edgefleet.deploy.metrics import render_metrics
 from edgefleet.deploy.store import TelemetryStore
-from prometheus_client.parser import text_string_to_metric_families
 
 with warnings.catch_warnings():  # Starlette 1.x asks for `httpx2`, which is not released; httpx works
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edgefleet.agent.messages import Phase
-from edgefleet.deploy.store import SCHEMA_VERSION, StoreError, TelemetryStore
 from test_deploy_support import benchmark, event, state
 from test_store_backends import postgres_url, store_location  # noqa: F401  (fixtures)
+
+from edgefleet.agent.messages import Phase
+from edgefleet.deploy.store import SCHEMA_VERSION, StoreError, TelemetryStore
 
 
 @pytest.fixture

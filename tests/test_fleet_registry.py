@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_deploy_support import benchmark, state
 
 from edgefleet.deploy import store as store_module
 from edgefleet.deploy.devices_cli import devices
@@ -22,15 +23,14 @@ from edgefleet.deploy.registry import (
 )
 from edgefleet.deploy.store import SCHEMA_VERSION, PackageRecord, TelemetryStore
 
-from test_deploy_support import benchmark, state
-
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.db"
     with TelemetryStore(path) as store:
-        store.record_state(state("pi-a", groups=["kitchen"], ts=1000.0))
-        store.record_state(state("pi-b", groups=["kitchen", "north"], status="online", ts=1000.0))
+        store.record_state(state("pi-a", groups=["kitchen"], labels={"site": "berlin", "floor": "2"}, ts=1000.0))
+        store.record_state(state("pi-b", groups=["kitchen", "north"], labels={"site": "berlin"}, status="online",
+                                 ts=1000.0))
         store.record_state(state("pi-b", status="offline", ts=1100.0))
         store.record_state(state("zero-c", profile="raspberry-pi-zero-2-w", groups=["north"], model=None, ts=900.0))
     return path
@@ -47,8 +47,12 @@ def test_select_by_profile_group_and_status(db: Path) -> None:
     assert [d.device_id for d in find_devices(rows, ["zero-c", "pi-a"])] == ["zero-c", "pi-a"]
     with pytest.raises(RegistryError, match="unknown device.*nope"):
         find_devices(rows, ["pi-a", "nope"])
-    with pytest.raises(RegistryError, match="labels are not in the protocol"):
-        DeviceFilter(labels={"site": "berlin"})
+    assert ids(DeviceFilter(labels={"site": "berlin"})) == ["pi-a", "pi-b"], "the offline state keeps the labels"
+    assert ids(DeviceFilter(labels={"site": "berlin", "floor": "2"})) == ["pi-a"], "several labels: all must match"
+    assert ids(DeviceFilter(labels={"site": "paris"})) == []
+    assert ids(DeviceFilter(group="north", labels={"site": "berlin"})) == ["pi-b"]
+    with pytest.raises(ValueError, match="invalid label key"):
+        DeviceFilter(labels={"bad key": "x"})
     with pytest.raises(ValueError, match="status"):
         DeviceFilter(status="asleep")
 
@@ -59,11 +63,11 @@ def test_records_and_table(db: Path) -> None:
     a = records[0]
     assert a == {
         "device": "pi-a", "profile": "raspberry-pi-4", "simulated": True, "status": "online", "groups": ["kitchen"],
-        "package_id": "tiny@1.0:raspberry-pi-4", "model": "tiny@1.0", "runtime": "onnxruntime",
+        "labels": {"site": "berlin", "floor": "2"}, "package_id": "tiny@1.0:raspberry-pi-4", "model": "tiny@1.0", "runtime": "onnxruntime",
         "agent_version": "0.1.0", "runtimes": {"onnxruntime": "1.17.0"}, "last_seen": 1000.0, "age_s": 160.0,
     }
     table = render_devices(records).splitlines()
-    assert table[0].split() == ["DEVICE", "PROFILE", "STATUS", "GROUPS", "MODEL", "AGENT", "RUNTIMES", "LAST", "SEEN"]
+    assert table[0].split() == ["DEVICE", "PROFILE", "STATUS", "GROUPS", "LABELS", "MODEL", "AGENT", "RUNTIMES", "LAST", "SEEN"]
     assert "pi-b" in table[3] and "offline" in table[3] and "kitchen,north" in table[3] and table[3].endswith("1m ago")
     assert [humanize_age(s) for s in (3, 125, 7300, 200000)] == ["3s ago", "2m ago", "2h ago", "2d ago"]
 
@@ -75,10 +79,15 @@ def test_devices_command(db: Path, tmp_path: Path) -> None:
     assert [r["device"] for r in json.loads(result.stdout)] == ["pi-b", "zero-c"]
     result = runner.invoke(devices, ["--db", str(db), "--status", "online"])
     assert result.exit_code == 0 and "pi-a" in result.stdout and "pi-b" not in result.stdout
-    result = runner.invoke(devices, ["--db", str(db), "--label", "site=berlin"])
-    assert result.exit_code == 1 and "labels are not in the protocol yet" in result.stderr
+    result = runner.invoke(devices, ["--db", str(db), "--label", "site=berlin", "--label", "floor=2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [(r["device"], r["labels"]) for r in json.loads(result.stdout)] == [("pi-a", {"site": "berlin", "floor": "2"})]
+    result = runner.invoke(devices, ["--db", str(db)])
+    assert "floor=2,site=berlin" in result.stdout
     result = runner.invoke(devices, ["--db", str(db), "--label", "site"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.stderr
+    result = runner.invoke(devices, ["--db", str(db), "--label", "site=a b"])
+    assert result.exit_code == 2 and "invalid value 'a b' for label 'site'" in result.stderr
     missing = tmp_path / "none.db"
     result = runner.invoke(devices, ["--db", str(missing)])
     assert result.exit_code == 0 and "no devices known yet" in result.stderr and not missing.exists()

@@ -8,6 +8,7 @@ that another process aborts while it waits between waves.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +23,12 @@ from conftest import AgentProcess, Watcher, clear_retained, make_package
 from edgefleet.agent import topics
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.cli import main
-from edgefleet.deploy.push import clear_deployment, clear_package, describe_package, fleet_states
+from edgefleet.deploy.push import (
+    clear_deployment,
+    clear_package,
+    describe_package,
+    fleet_states,
+)
 from edgefleet.deploy.store import TelemetryStore
 
 _PACKAGES: list[Path] = []
@@ -150,7 +156,9 @@ def test_abort_from_another_process_rolls_the_running_rollout_back(fleet, broker
     argv = [str(Path(sys.executable).parent / "edgefleet"), "rollout", "start", str(v4), "--group", group,
             "--canary", "1", "--waves", "100", "--wait-between", "60s", "--broker", broker_url, "--db", str(db),
             "--json"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Rolling the canary back from 4 to 3 is a downgrade: the runner signs it with this key (anti-rollback).
+    env = {**os.environ, "EDGEFLEET_SIGNING_KEY": str(signing_key[0])}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         with TelemetryStore(db) as store:
             deadline = time.monotonic() + 60

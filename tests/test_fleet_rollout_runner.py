@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 from conftest import make_package
+from test_deploy_support import benchmark, state
 
 from edgefleet.agent.messages import DeploymentEvent, Phase
 from edgefleet.agent.package import read_manifest
-from edgefleet.deploy.rollout import DevicePhase, Gates, RolloutStatus, Strategy, WaveStatus
+from edgefleet.deploy.rollout import (
+    DevicePhase,
+    Gates,
+    RolloutStatus,
+    Strategy,
+    WaveStatus,
+)
 from edgefleet.deploy.rollout_runner import (
     RolloutError,
     RolloutRunner,
@@ -21,8 +28,6 @@ from edgefleet.deploy.rollout_runner import (
     request,
 )
 from edgefleet.deploy.store import TelemetryStore
-
-from test_deploy_support import benchmark, state
 
 OLD = "tiny@1.0:raspberry-pi-4"
 NEW = "tiny@2:raspberry-pi-4"
@@ -44,7 +49,7 @@ class FakeFleet:
         self.on_push = lambda device, package_id: None
         self.cleared: list[str] = []
 
-    def push(self, path: Path, device_id: str, deployment_id: str) -> None:
+    def push(self, path: Path, device_id: str, deployment_id: str, *, rollback: bool = False) -> None:
         package_id = read_manifest(path).package_id
         if self.crash_on == (device_id, package_id):
             self.crash_on = None

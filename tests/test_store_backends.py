@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_deploy_support import benchmark, event, state
+
 from edgefleet.agent.messages import Phase
 from edgefleet.deploy.retention import aggregate, parse_duration, percentile
 from edgefleet.deploy.store import (
@@ -28,7 +30,6 @@ from edgefleet.deploy.store import (
     TelemetryStore,
 )
 from edgefleet.deploy.store_backends import POSTGRES, StoreLocation
-from test_deploy_support import benchmark, event, state
 
 POSTGRES_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 

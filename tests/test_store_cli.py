@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from edgefleet.deploy.store import TelemetryStore
-from edgefleet.deploy.telemetry_cli import collect, telemetry
 from test_deploy_support import benchmark
 from test_store_backends import postgres_url, store_location  # noqa: F401  (fixtures)
+
+from edgefleet.deploy.store import TelemetryStore
+from edgefleet.deploy.telemetry_cli import collect, telemetry
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+
 from edgefleet.deploy.dashboard.app import create_app
 from edgefleet.deploy.dashboard.sample import fill_sample_fleet
 from edgefleet.deploy.store import TelemetryStore

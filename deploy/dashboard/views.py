@@ -13,11 +13,13 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from edgefleet.deploy.registry import humanize_age
+from edgefleet.deploy.registry import DeviceFilter, humanize_age, select_devices
 from edgefleet.deploy.rollout import Plan
 from edgefleet.deploy.store import BenchmarkRow, DeviceRow, TelemetryStore
 
 SERIES_LIMIT = 500  # points per device chart: the newest reports
+EVERY_DEVICE = DeviceFilter()
+PAGE_SIZE = 100     # rows of the fleet table and of a rollout's devices per page: a page stays fast at any fleet size
 
 
 def current_benchmarks(devices: Sequence[DeviceRow], latest: Sequence[BenchmarkRow]) -> dict[str, BenchmarkRow]:
@@ -53,10 +55,25 @@ def _model(d: DeviceRow) -> str | None:
 # --- the fleet ---------------------------------------------------------------------------
 
 
-def fleet_view(store: TelemetryStore, *, now: float) -> dict[str, Any]:
-    """The fleet table: one row per device with its status, model and current figures, plus counts."""
-    devices = store.devices()
-    current = current_benchmarks(devices, store.latest_benchmarks())
+def page_of(total: int, offset: int, limit: int) -> dict[str, Any]:
+    """Where a page is in a list of ``total`` rows; ``limit`` 0 means every row."""
+    if offset < 0 or limit < 0:
+        raise ValueError("offset and limit cannot be negative")
+    shown = total - min(offset, total) if limit == 0 else max(0, min(limit, total - offset))
+    return {"offset": offset, "limit": limit, "total": total, "shown": shown,
+            "first": offset + 1 if shown else 0, "last": offset + shown}
+
+
+def fleet_view(store: TelemetryStore, *, now: float, where: DeviceFilter = EVERY_DEVICE, offset: int = 0,
+               limit: int = PAGE_SIZE) -> dict[str, Any]:
+    """The fleet table: one page of the devices matching ``where``, with status, model and current figures.
+
+    ``counts`` and ``page.total`` cover every matching device; ``limit`` 0 lists them all.
+    """
+    matching = select_devices(store.devices(), where)
+    page = page_of(len(matching), offset, limit)
+    devices = matching[offset:offset + page["shown"]]
+    current = current_benchmarks(devices, store.latest_benchmarks([d.device_id for d in devices]))
     rows = [
         {
             "device": d.device_id,
@@ -64,6 +81,7 @@ def fleet_view(store: TelemetryStore, *, now: float) -> dict[str, Any]:
             "profile": d.profile,
             "simulated": d.simulated,
             "groups": list(d.groups),
+            "labels": dict(d.labels),
             "package_id": d.package_id,
             "model": _model(d),
             "model_version": d.model_version,
@@ -79,10 +97,13 @@ def fleet_view(store: TelemetryStore, *, now: float) -> dict[str, Any]:
         "now": now,
         "devices": rows,
         "counts": {
-            "total": len(devices),
-            "by_status": dict(sorted(Counter(d.status for d in devices).items())),
-            "by_profile": dict(sorted(Counter(d.profile for d in devices).items())),
+            "total": len(matching),
+            "by_status": dict(sorted(Counter(d.status for d in matching).items())),
+            "by_profile": dict(sorted(Counter(d.profile for d in matching).items())),
         },
+        "page": page,
+        "filter": {k: v for k, v in (("profile", where.profile), ("group", where.group), ("status", where.status),
+                                     ("labels", dict(where.labels or {}))) if v},
     }
 
 
@@ -102,6 +123,7 @@ def device_view(store: TelemetryStore, device_id: str, *, now: float) -> dict[st
             "profile": d.profile,
             "simulated": d.simulated,
             "groups": list(d.groups),
+            "labels": dict(d.labels),
             "package_id": d.package_id,
             "model": _model(d),
             "runtime": d.runtime,
@@ -196,12 +218,14 @@ def rollouts_view(store: TelemetryStore) -> dict[str, Any]:
     return {"rollouts": result}
 
 
-def rollout_view(store: TelemetryStore, rollout_id: str) -> dict[str, Any] | None:
-    """One rollout: its plan and gates, each wave's device phases and progress, every device."""
+def rollout_view(store: TelemetryStore, rollout_id: str, *, offset: int = 0,
+                 limit: int = PAGE_SIZE) -> dict[str, Any] | None:
+    """One rollout: its plan and gates, each wave's device phases and progress, and a page of its devices."""
     found = store.rollout(rollout_id)
     if found is None:
         return None
     head, waves, devices = found
+    page = page_of(len(devices), offset, limit)
     plan = Plan.from_json(head.plan_json)
     gates = plan.gates
     wave_rows = []
@@ -232,11 +256,12 @@ def rollout_view(store: TelemetryStore, rollout_id: str) -> dict[str, Any] | Non
             "max_energy_regression": gates.max_energy_regression,
         },
         "waves": wave_rows,
+        "page": page,
         "devices": [
             {"device": d.device_id, "wave": d.wave, "profile": d.profile, "package_id": d.package_id,
              "previous_package_id": d.previous_package_id, "phase": d.phase, "attempt": d.attempt,
              "error": d.error, "baseline_p90_ms": d.baseline_p90_ms, "p90_ms": d.p90_ms,
              "baseline_energy_mj": d.baseline_energy_mj, "energy_mj": d.energy_mj}
-            for d in devices
+            for d in devices[offset:offset + page["shown"]]
         ],
     }

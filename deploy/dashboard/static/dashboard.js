@@ -14,6 +14,7 @@ function fmt(value, kind) {
   if (kind === "time") return new Date(value * 1000).toISOString().slice(0, 19).replace("T", " ");
   if (kind === "pct") return (Number(value) * 100).toFixed(0) + "%";
   if (kind === "counts") return Object.entries(value).map(([k, n]) => `${k} ${n}`).join(", ") || "-";
+  if (kind === "labels") return Object.keys(value).sort().map((k) => `${k}=${value[k]}`).join(" ") || "-";
   return String(value);
 }
 
