@@ -30,6 +30,8 @@ COMMANDS = {
     "devices": "edgefleet.deploy.devices_cli:devices",
     "rollout": "edgefleet.deploy.rollout_cli:rollout",
     "broker": "edgefleet.deploy.broker:broker_command",
+    "certs": "edgefleet.deploy.certs_cli:certs_command",
+    "acl": "edgefleet.deploy.acl_cli:acl_command",
     "agent": "edgefleet.agent.cli:agent",
 }
 

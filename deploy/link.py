@@ -8,6 +8,7 @@ turns every way the broker can fail into a ``PushError`` that names the broker a
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +18,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.agent.errors import TransportError
-from edgefleet.agent.transport import BrokerURL, make_client
+from edgefleet.agent.transport import (
+    BrokerURL,
+    closed_before_connack,
+    describe_connect_error,
+    make_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class BrokerLink:
         self._suback = False
         self._acked: set[int] = set()
         self._disconnect_reason = ""
+        self._closed_early = False  # the broker hung up before its CONNACK
 
     # paho callbacks, on its network thread
     def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -81,6 +88,10 @@ class BrokerLink:
 
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._disconnect_reason = str(reason)
+        with self._cond:
+            if self._connack is None:
+                self._closed_early = True
+                self._cond.notify_all()
         log.debug("disconnected from %s: %s", self.broker, reason)
 
     def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -94,15 +105,24 @@ class BrokerLink:
         c.connect_timeout = self.timeout
         try:
             c.connect(self.broker.host, self.broker.port, keepalive=30)
-        except OSError as exc:  # refused, unresolvable host, TLS failure, socket timeout
+        except ssl.SSLError as exc:  # the broker's certificate failed verification, or the handshake failed
+            raise self._error(describe_connect_error(exc, self.broker), hint=False) from None
+        except OSError as exc:  # refused, unresolvable host, socket timeout
             raise self._error(f"cannot reach the MQTT broker at {self.broker} ({exc.strerror or exc})") from None
         c.loop_start()
         try:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._connack is not None, self.timeout):
+                answered = self._cond.wait_for(lambda: self._connack is not None or self._closed_early, self.timeout)
+                if not answered:
                     raise self._error(f"the MQTT broker at {self.broker} did not answer within {self.timeout:g}s")
+                if self._connack is None:
+                    raise self._error(closed_before_connack(self.broker), hint=False)
                 if self._connack.is_failure:
-                    raise self._error(f"the MQTT broker at {self.broker} refused the connection: {self._connack}")
+                    raise self._error(
+                        f"the MQTT broker at {self.broker} refused the connection: {self._connack}; check the user "
+                        "name and password (--password-file) or the client certificate (--tls-cert)",
+                        hint=False,
+                    )
                 if self._subscribe and not self._cond.wait_for(lambda: self._suback, self.timeout):
                     raise self._error(f"the MQTT broker at {self.broker} did not confirm the subscription within {self.timeout:g}s")
         except PushError:

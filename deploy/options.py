@@ -8,6 +8,7 @@ place that reads the environment (``EDGEFLEET_BROKER``, ``EDGEFLEET_HOME``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
 from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
 from edgefleet.deploy.store_backends import StoreLocation
 
@@ -41,17 +43,47 @@ def _parse_broker(ctx: click.Context, param: click.Parameter, value: str) -> Bro
 
 
 def broker_option(fn: F) -> F:
-    """``--broker URL`` -> a ``BrokerURL`` argument named ``broker``."""
-    return click.option(
-        "--broker",
-        default=DEFAULT_BROKER,
-        show_default=True,
-        envvar=BROKER_ENV,
-        show_envvar=True,
-        metavar="URL",
-        callback=_parse_broker,
-        help="MQTT broker: mqtt://HOST:PORT, or mqtts://USER:PASS@HOST:8883 for TLS.",
-    )(fn)
+    """``--broker URL`` and its TLS options -> one ``BrokerURL`` argument named ``broker``.
+
+    ``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--password-file`` are folded into the URL
+    (``BrokerURL.with_tls``), so the command and everything it calls see a single value.
+    """
+
+    @functools.wraps(fn)
+    def with_tls(*args: Any, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+                 password_file: Path | None, **kwargs: Any) -> Any:
+        try:
+            kwargs["broker"] = kwargs["broker"].with_tls(
+                ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, password_file=password_file
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--broker and its TLS options") from None
+        return fn(*args, **kwargs)
+
+    file_type = click.Path(exists=True, dir_okay=False, path_type=Path)
+    options = [
+        click.option(
+            "--broker",
+            default=DEFAULT_BROKER,
+            show_default=True,
+            envvar=BROKER_ENV,
+            show_envvar=True,
+            metavar="URL",
+            callback=_parse_broker,
+            help="MQTT broker: mqtt://HOST:PORT, or mqtts://USER@HOST:8883 for TLS.",
+        ),
+        click.option("--tls-ca", type=file_type, envvar="EDGEFLEET_TLS_CA", show_envvar=True, metavar="PEM",
+                     help="CA certificate that signed the broker's (mqtts:// only). Default: the system's CAs."),
+        click.option("--tls-cert", type=file_type, envvar="EDGEFLEET_TLS_CERT", show_envvar=True, metavar="PEM",
+                     help="Client certificate, for brokers that require one (`edgefleet certs operator`)."),
+        click.option("--tls-key", type=file_type, envvar="EDGEFLEET_TLS_KEY", show_envvar=True, metavar="PEM",
+                     help="The client certificate's private key."),
+        click.option("--password-file", type=file_type, envvar="EDGEFLEET_PASSWORD_FILE", show_envvar=True,
+                     metavar="FILE", help="Read the password for the URL's user name from this file's first line."),
+    ]
+    for option in reversed(options):
+        with_tls = option(with_tls)
+    return with_tls  # type: ignore[return-value]
 
 
 def json_option(fn: F) -> F:

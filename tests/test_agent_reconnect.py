@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from edgefleet.agent.reconnect import RECOVERABLE_CONNECT_ERRORS, Backoff
 
 

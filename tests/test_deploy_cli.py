@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import free_port, wait_for_port
+from test_deploy_support import benchmark, make_package, publish, state
 
 from edgefleet.agent import topics
 from edgefleet.deploy.cli import main
@@ -24,9 +26,6 @@ from edgefleet.deploy.tables import (
     telemetry_records,
     telemetry_table,
 )
-
-from conftest import free_port, wait_for_port
-from test_deploy_support import benchmark, make_package, publish, state
 
 FLEET_COMMANDS = ["push", "telemetry", "collect", "broker"]
 

@@ -15,6 +15,10 @@ DEVICE_ID=""
 PROFILE=""
 TRUST=""
 FLEET_GROUPS=()
+TLS_CA=""
+TLS_CERT=""
+TLS_KEY=""
+PASSWORD_FILE=""
 START=1
 DRY_RUN=0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +38,10 @@ Options:
   --device-id ID      this device's id in the fleet (default: the hostname)
   --profile NAME      hardware profile (default: detected, e.g. raspberry-pi-5)
   --group NAME        fleet group (repeatable)
+  --tls-ca FILE       CA certificate that signed the broker's (edgefleet certs init: ca.crt)
+  --tls-cert FILE     this device's client certificate (edgefleet certs device ID)
+  --tls-key FILE      its private key; the three are copied to /etc/edgefleet/tls/
+  --password-file F   file whose first line is the MQTT password; copied to /etc/edgefleet/tls/
   --extras LIST       pip extras to install (default: agent,tflite; e.g. agent,onnx)
   --package SPEC      what pip installs (default: edgefleet; or a wheel file or a git URL)
   --prefix DIR        install root (default: /opt/edgefleet)
@@ -55,6 +63,10 @@ while [[ $# -gt 0 ]]; do
         --device-id) DEVICE_ID="${2:?--device-id needs an id}"; shift 2 ;;
         --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
         --group) FLEET_GROUPS+=("${2:?--group needs a name}"); shift 2 ;;
+        --tls-ca) TLS_CA="${2:?--tls-ca needs a file}"; shift 2 ;;
+        --tls-cert) TLS_CERT="${2:?--tls-cert needs a file}"; shift 2 ;;
+        --tls-key) TLS_KEY="${2:?--tls-key needs a file}"; shift 2 ;;
+        --password-file) PASSWORD_FILE="${2:?--password-file needs a file}"; shift 2 ;;
         --extras) EXTRAS="${2:?--extras needs a list}"; shift 2 ;;
         --package) PACKAGE="${2:?--package needs a pip requirement}"; shift 2 ;;
         --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
@@ -68,6 +80,7 @@ done
 VENV="$PREFIX/venv"
 CONFIG="$CONFIG_DIR/agent.yaml"
 KEYS="$CONFIG_DIR/trusted-keys"
+TLS_DIR="$CONFIG_DIR/tls"
 
 # Run a command, or print it in --dry-run mode.
 run() {
@@ -96,6 +109,9 @@ yaml_quote() { printf "'%s'" "${1//\'/\'\'}"; }
 [[ $DRY_RUN -eq 1 || $EUID -eq 0 ]] || die "run as root (sudo), or with --dry-run to see what it would do"
 [[ -f "$HERE/$UNIT_NAME" ]] || die "$HERE/$UNIT_NAME is missing: run this script from an edgefleet checkout"
 [[ -z "$TRUST" || -f "$TRUST" ]] || die "--trust $TRUST: no such file"
+for f in "$TLS_CA" "$TLS_CERT" "$TLS_KEY" "$PASSWORD_FILE"; do
+    [[ -z "$f" || -f "$f" ]] || die "$f: no such file"
+done
 if [[ -z "$TRUST" && $DRY_RUN -eq 0 ]] && ! compgen -G "$KEYS/*.pub" > /dev/null; then
     die "no trusted key in $KEYS: pass --trust FILE.pub (the agent refuses every package otherwise)"
 fi
@@ -130,8 +146,21 @@ run install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR" "$KEYS"
 if [[ -n "$TRUST" ]]; then
     run install -m 0644 -o root -g root "$TRUST" "$KEYS/$(basename "$TRUST")"
 fi
+# Certificates and secrets: readable by root and the agent's group only (keys and passwords 0640).
+TLS_KEYS=()
+if [[ -n "$TLS_CA$TLS_CERT$TLS_KEY$PASSWORD_FILE" ]]; then
+    run install -d -m 0750 -o root -g "$SERVICE_USER" "$TLS_DIR"
+fi
+for entry in "tls_ca|$TLS_CA|0644|ca.crt" "tls_cert|$TLS_CERT|0644|client.crt" "tls_key|$TLS_KEY|0640|client.key" \
+             "password_file|$PASSWORD_FILE|0640|mqtt-password"; do
+    IFS='|' read -r key file mode name <<< "$entry"
+    [[ -n "$file" ]] || continue
+    run install -m "$mode" -o root -g "$SERVICE_USER" "$file" "$TLS_DIR/$name"
+    TLS_KEYS+=("$key: $TLS_DIR/$name")
+done
 if [[ -f "$CONFIG" ]]; then
     echo "keeping the existing $CONFIG"
+    [[ ${#TLS_KEYS[@]} -eq 0 ]] || echo "(add to it: ${TLS_KEYS[*]})"
 else
     {
         echo "# edgefleet agent settings: keys are the \`edgefleet agent\` options (see docs/agent.md)."
@@ -144,6 +173,9 @@ else
         if [[ ${#FLEET_GROUPS[@]} -gt 0 ]]; then
             echo "groups:"
             for group in "${FLEET_GROUPS[@]}"; do echo "  - $(yaml_quote "$group")"; done
+        fi
+        if [[ ${#TLS_KEYS[@]} -gt 0 ]]; then
+            for line in "${TLS_KEYS[@]}"; do echo "$line"; done
         fi
     } | write_file "$CONFIG" 0640
     run chgrp "$SERVICE_USER" "$CONFIG"  # the broker URL may hold a password: not world-readable
