@@ -12,9 +12,17 @@ import time
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from edgefleet.agent.errors import MessageError
+from edgefleet.agent.labels import check_labels
 
 PROTOCOL = 1
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -61,6 +69,32 @@ class PackageRef(_Message):
         return len(self.chunk_sha256)
 
 
+class RollbackGrant(_Message):
+    """A signed permission to install an older version than the device's high-water mark.
+
+    Signed (``agent.keys.sign_statement``) by a trusted key over ``statement()``, which binds the
+    target, the deployment and its issue time, and the exact package: a broker-side attacker can
+    neither forge one nor move it to another device, package or deployment. Exactly one of
+    ``device`` and ``group`` is set.
+    """
+
+    device: str | None = None
+    group: str | None = None
+    deployment_id: str = Field(min_length=1, max_length=128)
+    issued_at: float
+    package_id: str
+    sha256: SHA256
+    version: str
+    signer: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(max_length=128)
+
+    def statement(self) -> dict[str, object]:
+        """What the signature covers."""
+        return {"kind": "edgefleet.rollback/1", "device": self.device, "group": self.group,
+                "deployment_id": self.deployment_id, "issued_at": self.issued_at, "package_id": self.package_id,
+                "sha256": self.sha256, "version": self.version}
+
+
 class Deployment(_Message):
     """Install this package. Retained on a device's or group's deploy topic."""
 
@@ -70,6 +104,29 @@ class Deployment(_Message):
     package: PackageRef
     profile: str = Field(description="The profile the package was compiled for; other devices ignore it.")
     issued_at: float = Field(default_factory=time.time)
+    rollback: RollbackGrant | None = Field(
+        default=None, description="Set to install a version older than the device's high-water mark, on purpose.")
+
+
+class KeyRevocation(_Message):
+    """Revoke a signing key for good. Retained on ``topics.key_revocation(key_id)``.
+
+    Signed by a trusted key that is not itself revoked (a key may revoke itself); the agent keeps
+    the revocation on disk, so clearing the retained message undoes nothing.
+    """
+
+    kind: Literal["key_revocation"] = "key_revocation"
+    protocol: int = PROTOCOL
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    reason: str = Field(default="", max_length=500)
+    issued_at: float = Field(default_factory=time.time)
+    signer: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(max_length=128)
+
+    def statement(self) -> dict[str, object]:
+        """What the signature covers."""
+        return {"kind": "edgefleet.revocation/1", "key_id": self.key_id, "reason": self.reason,
+                "issued_at": self.issued_at}
 
 
 class BenchmarkRequest(_Message):
@@ -126,6 +183,9 @@ class DeviceState(_Message):
         description="A simulated device: latencies are its host's, power is the profile's estimate.",
     )
     groups: list[str] = Field(default_factory=list)
+    labels: Annotated[dict[str, str], AfterValidator(check_labels)] = Field(
+        default_factory=dict, description="KEY=VALUE labels to select the device by (agent/labels.py); "
+                                          "absent in states from agents before labels: empty.")
     agent_version: str = ""
     runtimes: dict[str, str] = Field(default_factory=dict, description="Runtime name -> version installed.")
     model: InstalledModel | None = None

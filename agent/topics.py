@@ -13,6 +13,7 @@ versions side by side during an upgrade.
                                                fleet -> devices retained: the same, for the members of a group
                                                                 with that profile (packages are per profile)
     edgefleet/v1/packages/{sha256}/chunks/{i}  fleet -> device  retained: chunk i of a package, raw bytes
+    edgefleet/v1/trust/revoked/{key_id}        fleet -> devices retained: a signed KeyRevocation of that key
 
 Deployments and package chunks are retained so that the broker itself holds what a device needs:
 a device that was offline during ``edgefleet push`` gets its deployment when it comes back, and a
@@ -79,6 +80,13 @@ def chunk_index(topic: str) -> int:
     """The chunk number at the end of a package chunk topic."""
     return int(topic.rsplit("/", 1)[1])
 
+
+def key_revocation(key_id: str) -> str:
+    return f"{ROOT}/trust/revoked/{key_id}"
+
+
+# What every agent subscribes to, to hear of revoked signing keys.
+ALL_REVOCATIONS = f"{ROOT}/trust/revoked/+"
 
 # What the fleet side subscribes to in order to see every device.
 ALL_STATES = f"{ROOT}/devices/+/state"

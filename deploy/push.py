@@ -18,6 +18,10 @@ subscribe before pushing, which ``DeploymentWatcher`` does:
         deployment = push_package(path, broker=broker, device="pi-kitchen")
         outcomes = watcher.wait(deployment.deployment_id, ["pi-kitchen"], timeout=60)
 
+A rollback (``rollback_key``) is a deployment that carries a ``RollbackGrant`` signed with that
+key: devices refuse a version older than the newest they have installed unless such a signed
+permission, bound to this device or group, deployment and package, comes with it.
+
 Errors: ``PushError`` (a ``TransportError``) when the broker is unreachable, refuses the
 connection or stops acknowledging; ``PackageError`` from ``read_manifest`` for a file that is
 not a package; ``ValueError`` for a bad device or group id or chunk size.
@@ -36,15 +40,18 @@ from pathlib import Path
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.agent import topics
+from edgefleet.agent import keys, topics
 from edgefleet.agent.errors import IntegrityError, MessageError
 from edgefleet.agent.messages import (
     Deployment,
     DeploymentEvent,
     DeviceState,
+    KeyRevocation,
     PackageRef,
     Phase,
+    RollbackGrant,
     parse,
 )
 from edgefleet.agent.package import Manifest, read_manifest
@@ -90,6 +97,7 @@ def push_package(
     deployment_id: str | None = None,
     timeout: float = 30,
     url: str | None = None,
+    rollback_key: Ed25519PrivateKey | None = None,
 ) -> Deployment:
     """Publish ``package`` for one device or one group; returns the deployment as published.
 
@@ -99,6 +107,9 @@ def push_package(
 
     ``timeout`` bounds connecting and each wait for the broker's acknowledgement, not the whole
     upload, so a large package on a slow link is fine as long as the broker keeps answering.
+
+    With ``rollback_key`` (a private key the devices trust), the deployment is an explicit, signed
+    rollback: devices install it even if it is older than what they have had.
     """
     _check_target(device, group)  # before hashing what may be a large file
     manifest, ref = describe_package(package, chunk_size)
@@ -110,6 +121,8 @@ def push_package(
     deployment = Deployment(
         deployment_id=deployment_id or new_deployment_id(), package=ref, profile=manifest.target.profile
     )
+    if rollback_key is not None:
+        deployment = sign_rollback(deployment, manifest, rollback_key, device=device, group=group)
     with BrokerLink(broker, timeout=timeout) as link:
         if url is None:
             link.publish(chunk_messages(Path(package), ref), total=ref.chunk_count())
@@ -120,6 +133,37 @@ def push_package(
         ref.id, ref.size, ref.chunk_count(), f" at {url}" if url else "", deploy_topic, deployment.deployment_id,
     )
     return deployment
+
+
+def sign_rollback(deployment: Deployment, manifest: Manifest, key: Ed25519PrivateKey, *,
+                  device: str | None = None, group: str | None = None) -> Deployment:
+    """``deployment`` with a ``RollbackGrant`` for ``device`` or ``group``, signed by ``key``."""
+    _check_target(device, group)
+    unsigned = RollbackGrant(device=device, group=group, deployment_id=deployment.deployment_id,
+                             issued_at=deployment.issued_at, package_id=manifest.package_id,
+                             sha256=deployment.package.sha256, version=manifest.version,
+                             signer="0" * 16, signature="")
+    signer, signature = keys.sign_statement(key, unsigned.statement())
+    grant = unsigned.model_copy(update={"signer": signer, "signature": signature})
+    return deployment.model_copy(update={"rollback": grant})
+
+
+def revoke_key(broker: BrokerURL, key_id: str, signing_key: Ed25519PrivateKey, *, reason: str = "",
+               timeout: float = 30) -> KeyRevocation:
+    """Publish a signed, retained revocation of ``key_id`` for every agent; returns it as published.
+
+    ``signing_key`` must be trusted by the devices and not revoked itself (it may be ``key_id``'s
+    own key). Agents keep the revocation on disk: it cannot be taken back.
+    """
+    if not keys.KEY_ID.match(key_id):
+        raise ValueError(f"{key_id!r} is not a key id (16 hex digits, as `edgefleet keys list` shows)")
+    unsigned = KeyRevocation(key_id=key_id, reason=reason, signer="0" * 16, signature="")
+    signer, signature = keys.sign_statement(signing_key, unsigned.statement())
+    revocation = unsigned.model_copy(update={"signer": signer, "signature": signature})
+    with BrokerLink(broker, timeout=timeout) as link:
+        link.publish([(topics.key_revocation(key_id), revocation.to_bytes())], total=1, what="the revocation")
+    log.info("published the revocation of key %s, signed by key %s", key_id, signer)
+    return revocation
 
 
 def clear_deployment(

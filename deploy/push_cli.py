@@ -7,12 +7,14 @@ one-line messages; everything about MQTT and packages lives in ``push.py``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.agent import topics
+from edgefleet.agent import keys, topics
 from edgefleet.agent.errors import PackageError
 from edgefleet.agent.messages import Deployment, DeploymentEvent, DeviceState
 from edgefleet.agent.transport import BrokerURL
@@ -59,6 +61,21 @@ def _check_id(what: str) -> Any:
     help="Devices download the package from this http(s) URL (object storage, CDN) where you uploaded the same "
     "file; no chunks go through the broker. Each chunk is still checked against the hashes in the deployment.",
 )
+@click.option(
+    "--rollback",
+    is_flag=True,
+    help="Go back to an older version on purpose. Devices refuse a version older than the newest they have "
+    "installed (anti-rollback) unless the deployment carries a rollback permission signed with --key.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EDGEFLEET_SIGNING_KEY",
+    default=None,
+    help="With --rollback: the private key (one the devices trust) that signs the permission.  "
+    "[default: $EDGEFLEET_HOME/keys/signing.key]",
+)
 @click.option("--wait", is_flag=True, help="Wait until the devices report the package installed, or failed; exit 1 unless all succeed.")
 @click.option(
     "--timeout",
@@ -77,6 +94,8 @@ def push(
     broker: BrokerURL,
     chunk_size: int,
     url: str | None,
+    rollback: bool,
+    key_path: Path | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -91,24 +110,30 @@ def push(
       edgefleet push out/digits-raspberry-pi-4.efpkg --group kitchen
       edgefleet push out/digits-raspberry-pi-4.efpkg --group kitchen \\
           --url https://cdn.example/models/digits-raspberry-pi-4.efpkg
+      edgefleet push out/digits-v1.efpkg --device pi-kitchen --rollback --key signing.key
     """
     if (device is None) == (group is None):
         raise click.UsageError("name exactly one target: --device ID or --group NAME")
     if timeout is not None and not wait:
         raise click.UsageError("--timeout applies only with --wait")
+    if key_path is not None and not rollback:
+        raise click.UsageError("--key signs a rollback: add --rollback")
     wait_s = timeout or DEFAULT_WAIT
+    rollback_key = _rollback_key(key_path) if rollback else None
     outcomes: dict[str, DeviceOutcome] | None = None
     skipped: dict[str, str] = {}
     try:
         if not wait:
             deployment = push_package(
-                package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url
+                package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url,
+                rollback_key=rollback_key,
             )
         else:
             # Subscribe before pushing: events are not retained, and a nearby device answers fast.
             with DeploymentWatcher(broker) as watcher:
                 deployment = push_package(
-                    package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url
+                    package, broker=broker, device=device, group=group, chunk_size=chunk_size, url=url,
+                    rollback_key=rollback_key,
                 )
                 _echo_pushed(deployment, device, group, broker, err=as_json)
                 if device is not None:
@@ -143,6 +168,15 @@ def push(
             ctx.exit(1)
 
 
+def _rollback_key(key_path: Path | None) -> Ed25519PrivateKey:
+    from edgefleet.compiler.signing import default_key_path
+
+    try:
+        return keys.load_private(key_path or default_key_path(os.environ))
+    except ValueError as exc:
+        raise click.ClickException(f"--rollback needs the signing key: {exc}") from None
+
+
 def _group_members(states: list[DeviceState], group: str, profile: str) -> tuple[list[str], dict[str, str]]:
     """Members worth waiting for, and the others with the reason they are skipped."""
     members, skipped = [], {}
@@ -170,6 +204,8 @@ def _echo_pushed(d: Deployment, device: str | None, group: str | None, broker: B
     )
     if ref.url:
         click.echo(f"  url         {ref.url}", err=err)
+    if d.rollback:
+        click.echo(f"  rollback    to version {d.rollback.version}, signed by key {d.rollback.signer}", err=err)
     click.echo(f"  broker      {broker}", err=err)
 
 

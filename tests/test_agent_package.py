@@ -11,7 +11,12 @@ from conftest import make_package
 from edgefleet.agent import keys
 from edgefleet.agent.errors import IntegrityError, PackageError, SignatureError
 from edgefleet.agent.keys import TrustStore
-from edgefleet.agent.package import MANIFEST, load_test_vectors, read_manifest, verify_package
+from edgefleet.agent.package import (
+    MANIFEST,
+    load_test_vectors,
+    read_manifest,
+    verify_package,
+)
 
 
 @pytest.fixture
@@ -67,7 +72,7 @@ def test_a_swapped_model_fails_its_hash(package: Path, trust: TrustStore, tmp_pa
 
 
 def test_an_extra_member_is_refused(package: Path, trust: TrustStore, tmp_path: Path) -> None:
-    bad = _rewrite(package, tmp_path / "bad.efpkg", {}, add={"../../etc/cron.d/evil": b"x"})
+    bad = _rewrite(package, tmp_path / "bad.efpkg", {}, add={"evil.sh": b"x"})
     with pytest.raises(PackageError, match="not listed in the manifest"):
         verify_package(bad, trust)
 

@@ -14,6 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
 from conftest import free_port
+from test_deploy_support import Subscriber, event, make_package, publish, state
+
 from edgefleet.agent import topics
 from edgefleet.agent.messages import Deployment, Phase, parse
 from edgefleet.agent.package import file_sha256
@@ -28,7 +30,6 @@ from edgefleet.deploy.push import (
     wait_for_devices,
 )
 from edgefleet.deploy.push_cli import push
-from test_deploy_support import Subscriber, event, make_package, publish, state
 
 
 @pytest.fixture
