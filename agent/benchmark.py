@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+
 from edgefleet.agent import thermal
 from edgefleet.agent.errors import BenchmarkError
 from edgefleet.agent.messages import LatencyStats, PowerReading

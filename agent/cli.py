@@ -15,12 +15,14 @@ from types import FrameType
 
 import click
 from click.core import ParameterSource
+
 from edgefleet.agent.benchmark import BenchmarkSettings
 from edgefleet.agent.config import DEFAULT_CONFIG, load_config
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.detect import detect_profile
 from edgefleet.agent.errors import ConfigError
 from edgefleet.agent.keys import TrustStore
+from edgefleet.agent.labels import parse_labels
 from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
 from edgefleet.hardware_profiles import ProfileError, load_profile
 
@@ -38,6 +40,13 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path
     return path
 
 
+def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_labels(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @click.command()
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEFLEET_CONFIG",
               default=DEFAULT_CONFIG, show_default=True, is_eager=True, callback=_read_config, expose_value=False,
@@ -45,6 +54,16 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path
                    "Flags and EDGEFLEET_* variables override it; a missing default file is ignored.")
 @click.option("--broker", envvar="EDGEFLEET_BROKER", default=DEFAULT_BROKER, show_default=True,
               help="MQTT broker URL: mqtt://HOST:PORT or mqtts://USER:PASS@HOST:8883.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="EDGEFLEET_TLS_CA",
+              help="CA certificate that signed the broker's (mqtts:// only); default: the system's CAs.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="EDGEFLEET_TLS_CERT",
+              help="This device's client certificate (`edgefleet certs device ID`), for brokers that require one.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="EDGEFLEET_TLS_KEY",
+              help="The client certificate's private key.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="EDGEFLEET_PASSWORD_FILE",
+              help="File whose first line is the password for the broker URL's user name, so it stays out of "
+                   "URLs and unit files.")
 @click.option("--device-id", envvar="EDGEFLEET_DEVICE_ID", default=socket.gethostname, show_default="hostname",
               help="This device's id in the fleet: letters, digits, '.', '_' or '-'.")
 @click.option("--profile", "profile_name", envvar="EDGEFLEET_PROFILE",
@@ -58,6 +77,10 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path
                    "Default: DATA_DIR/trusted-keys/.")
 @click.option("--group", "groups", multiple=True, envvar="EDGEFLEET_GROUPS",
               help="Fleet group this device belongs to (repeatable).")
+@click.option("--label", "labels", multiple=True, envvar="EDGEFLEET_LABELS", metavar="KEY=VALUE",
+              callback=_parse_labels,
+              help="A label the device reports in its state, to be selected by (`edgefleet devices --label`, "
+                   "`edgefleet rollout start --label`); repeatable. Replaces the config file's labels.")
 @click.option("--simulate", is_flag=True, envvar="EDGEFLEET_SIMULATE",
               help="Pretend to be the profile's hardware on this machine: latencies are this host's, power is the "
                    "profile's estimate, and state and telemetry say so.")
@@ -82,8 +105,10 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path) -> Path
 @click.option("--keep-versions", default=2, show_default=True, envvar="EDGEFLEET_KEEP_VERSIONS",
               type=click.IntRange(min=0),
               help="Previous models kept on disk besides the serving one, for rolling back; older ones are deleted.")
-def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path, trusted: tuple[Path, ...],
-          groups: tuple[str, ...], simulate: bool, warmup: int, runs: int, max_seconds: float, threads: int,
+def agent(broker: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+          password_file: Path | None, device_id: str, profile_name: str | None, data_dir: Path, trusted: tuple[Path, ...],
+          groups: tuple[str, ...], labels: dict[str, str], simulate: bool, warmup: int, runs: int,
+          max_seconds: float, threads: int,
           idle_seconds: float, sysfs: Path, proc: Path, vcgencmd: str, system_interval: float,
           keep_versions: int) -> None:
     """Run the device agent: install models pushed to this device, benchmark them, report telemetry.
@@ -108,7 +133,8 @@ def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("edgefleet").setLevel(min(logging.getLogger().level, logging.INFO))
     try:
-        url = BrokerURL.parse(broker)
+        url = BrokerURL.parse(broker).with_tls(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key,
+                                               password_file=password_file)
         if profile_name is None:
             detected = detect_profile(proc=proc)
             log.info("profile %s detected from %s", detected.profile, detected.evidence)
@@ -118,7 +144,8 @@ def agent(broker: str, device_id: str, profile_name: str | None, data_dir: Path,
         settings = BenchmarkSettings(warmup=warmup, runs=runs, max_seconds=max_seconds, threads=threads,
                                      idle_seconds=idle_seconds)
         daemon = Agent(broker=url, device_id=device_id, profile=profile, data_dir=data_dir, trust=trust,
-                       groups=groups, simulated=simulate, benchmark=settings, sysfs=sysfs, vcgencmd=vcgencmd,
+                       groups=groups, labels=labels, simulated=simulate, benchmark=settings, sysfs=sysfs,
+                       vcgencmd=vcgencmd,
                        system_interval=system_interval, keep_versions=keep_versions)
     except (ProfileError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -12,6 +12,7 @@ paths in the file are relative to the file's directory.
     broker: mqtts://device:secret@fleet.example:8883
     trust: [/etc/edgefleet/signing.pub]
     groups: [greenhouse]
+    labels: {site: greenhouse, floor: "2"}
     idle_seconds: 5
 """
 
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from edgefleet.agent.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.labels import check_labels
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.yaml")
 
@@ -42,6 +45,7 @@ class AgentConfig(BaseModel):
     data_dir: Path | None = None
     trust: list[Path] | None = Field(default=None, description="Public keys or directories of keys.")
     groups: list[str] | None = None
+    labels: dict[str, str] | None = Field(default=None, description="KEY: VALUE labels the device reports.")
     simulate: bool | None = None
     warmup: int | None = Field(default=None, ge=0)
     runs: int | None = Field(default=None, ge=1)
@@ -53,15 +57,35 @@ class AgentConfig(BaseModel):
     vcgencmd: str | None = None
     system_interval: float | None = Field(default=None, ge=0)
     keep_versions: int | None = Field(default=None, ge=0, description="Previous models kept on disk for rollback.")
+    tls_ca: Path | None = Field(default=None, description="CA certificate that signed the broker's.")
+    tls_cert: Path | None = Field(default=None, description="This device's client certificate.")
+    tls_key: Path | None = Field(default=None, description="The client certificate's private key.")
+    password_file: Path | None = Field(default=None, description="File whose first line is the MQTT password.")
 
     @field_validator("trust", "groups", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str | Path) else value
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_values_as_text(cls, value: Any) -> Any:
+        # YAML reads `floor: 2` as an int and `canary:` as None; a label is text, so take them as written.
+        if isinstance(value, dict):
+            return {k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else check_labels(value)
+
     def as_defaults(self) -> dict[str, Any]:
         """The keys that are set, by command parameter name: a click ``default_map``."""
-        return {PARAMETER_NAMES.get(k, k): v for k, v in self.model_dump(exclude_none=True).items()}
+        defaults = {PARAMETER_NAMES.get(k, k): v for k, v in self.model_dump(exclude_none=True).items()}
+        if "labels" in defaults:  # the --label option takes KEY=VALUE strings
+            defaults["labels"] = [f"{k}={v}" for k, v in defaults["labels"].items()]
+        return defaults
 
 
 def _relative_to(base: Path, value: Path) -> Path:
@@ -72,13 +96,16 @@ def _relative_to(base: Path, value: Path) -> Path:
 def load_config(path: Path, *, required: bool = True) -> AgentConfig:
     """Read and validate ``path``; a missing file is an empty config unless ``required``."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if required:
             raise ConfigError("no such config file", path=str(path)) from None
         return AgentConfig()
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror}", path=str(path)) from None
+    except UnicodeDecodeError as exc:  # found by bench/fuzz_atheris.py
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8",
+                          path=str(path)) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -95,7 +122,7 @@ def load_config(path: Path, *, required: bool = True) -> AgentConfig:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors()[:5]), path=str(path)) from None
     base = path.parent
     updates: dict[str, Any] = {}
-    for key in ("data_dir", "sysfs", "proc"):
+    for key in ("data_dir", "sysfs", "proc", "tls_ca", "tls_cert", "tls_key", "password_file"):
         if (value := getattr(config, key)) is not None:
             updates[key] = _relative_to(base, value)
     if config.trust is not None:

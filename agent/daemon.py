@@ -11,13 +11,15 @@ and keeps serving the model it had.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -33,13 +35,14 @@ from edgefleet.agent.errors import (
     MessageError,
     PackageError,
     RuntimeLoadError,
+    SignatureError,
     TransportError,
 )
 from edgefleet.agent.faults import crash_point
 from edgefleet.agent.http_fetch import fetch_http
 from edgefleet.agent.install import InstalledPackage, ModelStore
-from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.keys import TrustStore
+from edgefleet.agent.labels import check_labels
 from edgefleet.agent.messages import (
     BenchmarkReport,
     BenchmarkRequest,
@@ -47,17 +50,29 @@ from edgefleet.agent.messages import (
     DeploymentEvent,
     DeviceState,
     InstalledModel,
+    KeyRevocation,
     PackageRef,
     Phase,
     parse,
 )
-from edgefleet.agent.package import file_sha256, load_test_vectors, verify_package
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.package import (
+    Manifest,
+    compare_versions,
+    load_test_vectors,
+    verify_package,
+)
 from edgefleet.agent.power import ProfileEstimate, find_power_source
 from edgefleet.agent.reconnect import RECOVERABLE_CONNECT_ERRORS, Backoff
 from edgefleet.agent.runtimes import LoadedModel
 from edgefleet.agent.system import Counters, SystemMonitor
 from edgefleet.agent.transfer import ChunkedDownload
-from edgefleet.agent.transport import BrokerURL, make_client
+from edgefleet.agent.transport import (
+    BrokerURL,
+    closed_before_connack,
+    describe_connect_error,
+    make_client,
+)
 from edgefleet.hardware_profiles import HardwareProfile
 
 if TYPE_CHECKING:
@@ -78,6 +93,9 @@ class _Trial:
     sha256: str
     previous: str | None  # directory name under packages/ of the model it replaced
     starts: int = 0  # agent starts since it became current; the trial ends before a clean exit, so each follows a crash
+    # Set once the agent has decided to roll back, before it touches ``current``: a crash during the
+    # rollback itself then finishes it at the next start instead of forgetting it.
+    rollback: str | None = None
 
 
 @dataclass
@@ -107,6 +125,7 @@ class Agent:
         data_dir: Path,
         trust: TrustStore,
         groups: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
         simulated: bool = False,
         benchmark: BenchmarkSettings | None = None,
         sysfs: Path = Path("/sys"),
@@ -120,6 +139,7 @@ class Agent:
     ) -> None:
         self.device_id = topics.check_id(device_id)
         self.groups = [topics.check_id(g, "group") for g in groups]
+        self.labels = check_labels(labels or {})
         if len(trust) == 0:
             raise ValueError("the agent trusts no signing key, so it would refuse every package; pass --trust KEY.pub")
         if stall_timeout <= 0:
@@ -142,6 +162,8 @@ class Agent:
         self.data_dir = Path(data_dir)
         # The serving model plus `keep_versions` previous ones stay on disk, for crash rollback.
         self.store = ModelStore(self.data_dir, keep=keep_versions + 1)
+        # Revocations heard over MQTT are kept here; none is ever taken back (agent/keys.py).
+        self.trust.keep_revocations(self.data_dir / "revoked-keys")
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", max_messages=outbox_max_messages)
         self._in_flight: dict[int, int] = {}  # paho message id -> outbox id, until the broker acknowledges
         self._last_sent = 0  # the newest outbox id handed to paho on this connection
@@ -156,6 +178,7 @@ class Agent:
         self._jobs: queue.Queue[Deployment | BenchmarkRequest] = queue.Queue()  # handled one at a time
         self.candidates = ModelStore(self.data_dir / "candidates", keep=1)
         self._download: ChunkedDownload | None = None
+        self._download_failure: OSError | None = None  # set by the network thread when a chunk cannot be written
         self._chunk_arrived = threading.Event()
         self._stop = threading.Event()
         self._model: LoadedModel | None = None
@@ -163,6 +186,7 @@ class Agent:
         self._client.will_set(topics.state(device_id), self._state("offline").to_bytes(), qos=1, retain=True)
         self._backoff = Backoff(min_delay=1.0, max_delay=60.0)
         self._network_stop = threading.Event()
+        self._answered = False  # the broker sent a CONNACK (accepting or refusing) on the current connection
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -173,9 +197,7 @@ class Agent:
     def run(self) -> None:
         """Serve until ``stop()`` is called; returns after announcing the device offline."""
         self.store.clean_up()
-        rollback = self._roll_back_after_crashes()
-        if rollback is not None:
-            self.outbox.put(topics.events(self.device_id), rollback.to_bytes())
+        self._roll_back_after_crashes()
         self.log.info("agent %s (%s%s) connecting to %s", self.device_id, self.profile.name,
                       ", simulated" if self.simulated else "", self.broker)
         network = threading.Thread(target=self._network, name=f"mqtt-{self.device_id}", daemon=True)
@@ -219,18 +241,22 @@ class Agent:
                 self._client.connect(self.broker.host, self.broker.port, keepalive=30)
             except RECOVERABLE_CONNECT_ERRORS as exc:
                 delay = self._backoff.next()
-                self.log.warning("cannot reach the broker at %s (%s); retrying in %.1f s", self.broker, exc, delay)
+                self.log.warning("%s; retrying in %.1f s", describe_connect_error(exc, self.broker), delay)
                 self._network_stop.wait(delay)
                 continue
             rc = mqtt.MQTT_ERR_SUCCESS
+            self._answered = False
             while rc == mqtt.MQTT_ERR_SUCCESS and not self._network_stop.is_set():
                 self._send_outbox()
                 rc = self._client.loop(timeout=0.2)
             if self._stop.is_set() or self._network_stop.is_set():
                 return
             delay = self._backoff.next()
-            self.log.warning("lost the connection to %s (%s); reconnecting in %.1f s", self.broker,
-                             mqtt.error_string(rc), delay)
+            if not self._answered:  # hung up before its CONNACK: under TLS, usually our certificate refused
+                self.log.warning("%s; retrying in %.1f s", closed_before_connack(self.broker), delay)
+            else:
+                self.log.warning("lost the connection to %s (%s); reconnecting in %.1f s", self.broker,
+                                 mqtt.error_string(rc), delay)
             self._network_stop.wait(delay)
 
     def _send_outbox(self) -> None:
@@ -255,6 +281,7 @@ class Agent:
             self.outbox.acknowledge(outbox_id)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        self._answered = True
         if getattr(reason, "is_failure", False):
             self.log.error("broker %s refused the connection: %s", self.broker, reason)
             return
@@ -266,6 +293,7 @@ class Agent:
         self._last_sent = 0
         subscriptions = [(topics.device_deploy(self.device_id), 1), (topics.benchmark_requests(self.device_id), 1)]
         subscriptions += [(topics.group_deploy(g, self.profile.name), 1) for g in self.groups]
+        subscriptions.append((topics.ALL_REVOCATIONS, 1))
         if self._download is not None:  # resume a transfer the disconnect interrupted
             subscriptions.append((topics.package_chunks(self._download.ref.sha256), 1))
         client.subscribe(subscriptions)
@@ -285,16 +313,39 @@ class Agent:
                 self._jobs.put(parse(Deployment, msg.payload, topic=msg.topic))
             elif msg.topic == topics.benchmark_requests(self.device_id):
                 self._jobs.put(parse(BenchmarkRequest, msg.payload, topic=msg.topic))
+            elif msg.topic.startswith(topics.key_revocation("")):
+                self._on_revocation(parse(KeyRevocation, msg.payload, topic=msg.topic), msg.topic)
             else:
                 self.log.warning("ignoring a message on unexpected topic %s", msg.topic)
         except (MessageError, IntegrityError, ValueError) as exc:
             self.log.warning("ignored: %s", exc)
+        except (SignatureError, OSError) as exc:
+            self.log.error("key revocation on %s refused: %s", msg.topic, exc)
+
+    def _on_revocation(self, revocation: KeyRevocation, topic: str) -> None:
+        """Revoke a key if a trusted, unrevoked key signed the revocation; the network thread calls this."""
+        if topic != topics.key_revocation(revocation.key_id):
+            raise MessageError(f"revocation of key {revocation.key_id} on another key's topic", topic=topic)
+        if self.trust.is_revoked(revocation.key_id):
+            return  # retained: heard again at every connection
+        self.trust.verify_statement(revocation.signer, revocation.signature, revocation.statement(),
+                                    what=f"revocation of key {revocation.key_id}")
+        if self.trust.revoke(revocation.key_id):
+            self.log.warning("signing key %s revoked by key %s%s: packages it signed are refused from now on",
+                             revocation.key_id, revocation.signer, f" ({revocation.reason})" if revocation.reason else "")
 
     def _on_chunk(self, topic: str, payload: bytes) -> None:
         download = self._download
         if download is None or f"/{download.ref.sha256}/" not in topic:
             return
-        if download.accept(topics.chunk_index(topic), payload):
+        try:
+            taken = download.accept(topics.chunk_index(topic), payload)
+        except OSError as exc:
+            # The disk is full (or failing). Raising here would end paho's loop and with it the network
+            # thread, so the run thread is woken instead and abandons the download with a clear error.
+            self._download_failure = exc
+            taken = True
+        if taken:
             self._chunk_arrived.set()
 
     # --- deployments (the run thread) ----------------------------------------------------
@@ -362,8 +413,16 @@ class Agent:
             if manifest.target.profile != self.profile.name:
                 raise PackageError(f"package {manifest.package_id} was compiled for {manifest.target.profile}, "
                                    f"this device is {self.profile.name}: push the package built for its profile")
+            if isinstance(job, Deployment):
+                self._check_version(job, manifest)
             self._event(job, Phase.INSTALLING)
-            return store.stage(package_path, manifest, job.package.sha256)
+            try:
+                return store.stage(package_path, manifest, job.package.sha256)
+            except OSError as exc:  # stage() has removed its partial copy
+                what = "disk full" if exc.errno == errno.ENOSPC else "cannot unpack"
+                raise PackageError(f"{what}: package {manifest.package_id} could not be unpacked into {store.packages} "
+                                   f"({exc.strerror or exc}); the serving model is unchanged; free some space on the "
+                                   "device and push again") from None
         finally:
             package_path.unlink(missing_ok=True)
 
@@ -378,13 +437,58 @@ class Agent:
         except (RuntimeLoadError, PackageError):
             self.store.discard(staged)
             raise
+        self.store.record_version(manifest, rollback=deployment.rollback is not None)
         self.store.activate(staged)
         self._start_trial(deployment, ref.sha256, previous)
         self._model = model
         self.log.info("installed %s (was %s)", manifest.package_id, previous.manifest.package_id if previous else "nothing")
 
+    def _check_version(self, deployment: Deployment, manifest: Manifest) -> None:
+        """Anti-rollback: refuse a version older than the newest installed, unless a signed rollback allows it."""
+        floor = self.store.version_floor(manifest.name)
+        if floor is None or compare_versions(manifest.version, floor) >= 0:
+            return
+        grant = deployment.rollback
+        if grant is None:
+            raise PackageError(f"package {manifest.package_id} is version {manifest.version}, older than version {floor} "
+                               f"of {manifest.name} installed before: refused (anti-rollback); to go back on purpose, "
+                               "push it with `edgefleet push --rollback --key SIGNING.key`")
+        bound = {"deployment_id": deployment.deployment_id, "issued_at": deployment.issued_at,
+                 "package_id": manifest.package_id, "sha256": deployment.package.sha256, "version": manifest.version}
+        wrong = [k for k, v in bound.items() if getattr(grant, k) != v]
+        if grant.device is not None and grant.device != self.device_id:
+            wrong.append("device")
+        if grant.device is None and grant.group not in self.groups:
+            wrong.append("group")
+        if wrong:
+            raise SignatureError(f"the rollback permission of deployment {deployment.deployment_id} does not match it "
+                                 f"({', '.join(wrong)}): refused")
+        self.trust.verify_statement(grant.signer, grant.signature, grant.statement(),
+                                    what=f"rollback permission of deployment {deployment.deployment_id}")
+        self.log.warning("rolling %s back from version %s to %s, as a rollback signed by key %s allows",
+                         manifest.name, floor, manifest.version, grant.signer)
+
     def _fetch(self, ref: PackageRef) -> Path:
-        download = ChunkedDownload(self.data_dir / "downloads", ref)
+        download = None
+        try:
+            download = ChunkedDownload(self.data_dir / "downloads", ref)
+            missing = ref.size - len(download.have) * ref.chunk_size
+            free = shutil.disk_usage(download.part.parent).free
+            if free < missing:
+                download.discard()
+                raise PackageError(f"disk full: package {ref.id} needs {missing} more bytes and {download.part.parent} "
+                                   f"has {free} free; free some space on the device and push again")
+            return self._download_chunks(download)
+        except OSError as exc:
+            if download is not None:
+                download.discard()
+            what = "disk full" if exc.errno == errno.ENOSPC else "cannot write the download"
+            raise PackageError(f"{what}: package {ref.id} could not be stored in {self.data_dir / 'downloads'} "
+                               f"({exc.strerror or exc}); the partial download was removed, the serving model is "
+                               "unchanged; free some space on the device and push again") from None
+
+    def _download_chunks(self, download: ChunkedDownload) -> Path:
+        ref = download.ref
         if download.have:
             self.log.info("resuming the download of %s: %d of %d chunks are already here",
                           ref.id, len(download.have), ref.chunk_count())
@@ -393,6 +497,7 @@ class Agent:
             fetch_http(download, ref.url, stall_timeout=self.stall_timeout, stop=self._stop, logger=self.log)
         if not download.complete:
             self._download = download
+            self._download_failure = None
             self._chunk_arrived.clear()
             topic = topics.package_chunks(ref.sha256)
             self._client.subscribe(topic, qos=1)
@@ -405,6 +510,8 @@ class Agent:
                             f"no chunk of package {ref.id} arrived for {self.stall_timeout:.0f} s "
                             f"({download.progress:.0%} received); push it again with `edgefleet push`")
                     self._chunk_arrived.clear()
+                    if self._download_failure is not None:
+                        raise self._download_failure
             finally:
                 self._client.unsubscribe(topic)
                 self._download = None
@@ -492,7 +599,8 @@ class Agent:
             model = InstalledModel(package_id=m.package_id, name=m.name, version=m.version, runtime=m.target.runtime,
                                    sha256=current.sha256, installed_at=current.directory.stat().st_mtime)
         return DeviceState(device_id=self.device_id, status=status, profile=self.profile.name,  # type: ignore[arg-type]
-                           simulated=self.simulated, groups=self.groups, agent_version=agent_version(),
+                           simulated=self.simulated, groups=self.groups, labels=self.labels,
+                           agent_version=agent_version(),
                            runtimes=runtimes.available(), model=model)
 
     def _maybe_sample(self) -> None:
@@ -544,38 +652,53 @@ class Agent:
             history.trial = None
             self._save_history(history)
 
-    def _roll_back_after_crashes(self) -> DeploymentEvent | None:
+    def _roll_back_after_crashes(self) -> None:
         """At start-up: if the model on trial has crashed the agent too often, serve the previous one again.
 
-        Returns the failure event to report once connected.
+        The decision is saved before ``current`` moves and the trial is closed only after the failure
+        event is queued, so a crash at any step of the rollback repeats the rest of it at the next
+        start (the event may then be reported twice; the fleet side stores it once).
         """
         history = self._load_history()
         trial = history.trial
-        current = self._current()
-        if trial is None or current is None or current.sha256 != trial.sha256:
-            return None
-        trial.starts += 1
-        crashes = trial.starts
-        if crashes < self.max_crashes:
+        if trial is None:
+            return
+        if trial.rollback is None:
+            current = self._current()
+            if current is None or current.sha256 != trial.sha256:
+                return
+            trial.starts += 1
+            crashes = trial.starts
+            if crashes < self.max_crashes:
+                self._save_history(history)
+                if crashes:
+                    self.log.warning("%s crashed the agent %d time(s) since it was installed; %d more and it is "
+                                     "rolled back", trial.package_id, crashes, self.max_crashes - crashes)
+                return
+            previous = self.store.installed(trial.previous) if trial.previous else None
+            if previous is None:
+                trial.rollback = (f"{trial.package_id} crashed the agent {crashes} times and there is no previous "
+                                  "model to go back to")
+            else:
+                trial.rollback = (f"{trial.package_id} crashed the agent {crashes} times; "
+                                  f"rolled back to {previous.manifest.package_id}")
             self._save_history(history)
-            if crashes:
-                self.log.warning("%s crashed the agent %d time(s) since it was installed; %d more and it is rolled back",
-                                 trial.package_id, crashes, self.max_crashes - crashes)
-            return None
-        previous = self.store.installed(trial.previous) if trial.previous else None
-        if previous is None:
-            reason = f"{trial.package_id} crashed the agent {crashes} times and there is no previous model to go back to"
+            crash_point("rollback:decided")
         else:
+            self.log.warning("finishing a rollback that a crash interrupted: %s", trial.rollback)
+        previous = self.store.installed(trial.previous) if trial.previous else None
+        if previous is not None:
             self.store.activate(previous)
-            reason = (f"{trial.package_id} crashed the agent {crashes} times; "
-                      f"rolled back to {previous.manifest.package_id}")
-        self.log.error("%s", reason)
+            crash_point("rollback:activated")
+        self.log.error("%s", trial.rollback)
+        event = DeploymentEvent(device_id=self.device_id, deployment_id=trial.deployment_id,
+                                package_id=trial.package_id, phase=Phase.FAILED, error=trial.rollback)
+        self.outbox.put(topics.events(self.device_id), event.to_bytes())
+        crash_point("rollback:reported")
         history.trial = None
         history.done = (history.done + [trial.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
         self._save_history(history)
         self.counters.deployments_failed += 1
-        return DeploymentEvent(device_id=self.device_id, deployment_id=trial.deployment_id,
-                               package_id=trial.package_id, phase=Phase.FAILED, error=reason)
 
     def _remember(self, deployment: Deployment) -> None:
         """Record a finished deployment so that its retained message does nothing next time."""

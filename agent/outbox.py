@@ -12,10 +12,13 @@ kept on disk and reported, so a gap in the telemetry is always visible as a coun
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Outbox:
         if max_messages < 1:
             raise ValueError("the outbox must hold at least one message")
         self.max_messages = max_messages
+        self._unsaved_drops = 0  # messages refused while the disk was full
         self._lock = threading.Lock()  # the run thread adds, the network thread sends and acknowledges
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -42,14 +46,23 @@ class Outbox:
     def put(self, topic: str, payload: bytes) -> None:
         """Queue a message; if the outbox is full, drop the oldest and count it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload))
-            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            excess = count - self.max_messages
-            if excess > 0:
-                self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
-                self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (excess,))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload))
+                (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+                excess = count - self.max_messages
+                if excess > 0:
+                    self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
+                                     (excess,))
+                    self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (excess,))
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # A full disk ("database or disk is full") must not stop the agent: the message is not
+                # accepted, and counted in memory since the counter on disk cannot be written either.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._unsaved_drops += 1
+                log.error("outbox: could not queue a message for %s (%s); counted as dropped", topic, exc)
 
     def oldest(self, limit: int, *, after: int = 0) -> list[Pending]:
         """Up to ``limit`` messages in the order they were queued, with ids greater than ``after``."""
@@ -60,7 +73,10 @@ class Outbox:
 
     def acknowledge(self, message_id: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            try:
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            except sqlite3.OperationalError as exc:  # a full disk: it stays queued and is sent again later
+                log.warning("outbox: could not remove acknowledged message %d (%s)", message_id, exc)
 
     def __len__(self) -> int:
         with self._lock:
@@ -71,7 +87,7 @@ class Outbox:
     def dropped(self) -> int:
         with self._lock:
             (value,) = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
-        return int(value)
+        return int(value) + self._unsaved_drops
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
 from edgefleet.agent import thermal
 from edgefleet.agent.messages import SystemSample
 

@@ -1,8 +1,8 @@
 """The device agent's footprint: idle memory, idle CPU, and the benchmark loop's overhead.
 
     .venv/bin/python bench/agent_footprint.py [--broker mqtt://127.0.0.1:1883] [--idle-seconds 30]
-                                              [--target-ms 1.0] [--runs 200] [--rounds 25]
-                                              [--pythonpath DIR] [--skip-loop]
+                                              [--target-ms 1.0] [--runs 50] [--rounds 101]
+                                              [--pythonpath DIR] [--skip-loop] [--instructions]
 
 Three figures, printed as Markdown:
 
@@ -14,14 +14,18 @@ Three figures, printed as Markdown:
    ``--idle-seconds`` of idling with system samples at the default interval (60 s; the first is
    sent at start), as a percentage of one core.
 3. **Benchmark-loop overhead**: an ONNX MatMul chain sized to take about ``--target-ms`` per
-   inference on this machine, in one onnxruntime session. In the same process, alternating, for
-   ``--rounds`` rounds: the agent's ``benchmark.measure`` (its mean latency over ``--runs`` timed
-   runs) and a tight native loop (``session.run`` ``--runs`` times, timed as a whole). The
-   overhead is the median over rounds of (agent mean / tight-loop mean - 1), and the fastest agent
-   round against the fastest tight round. Alternating rounds keep a busy machine's drift out of
-   the comparison, but on a shared machine both still swing by tens of percent; so the loop's own
-   cost is also measured directly, with a model whose ``run`` does nothing: ``measure``'s mean
-   minus a tight loop of the same calls, as a fraction of ``--target-ms``.
+   inference on this machine, in one onnxruntime session. In the same process, for ``--rounds``
+   pairs: the agent's ``benchmark.measure`` (its mean latency over ``--runs`` timed runs) and a
+   tight native loop (``session.run`` ``--runs`` times, timed as a whole), in ABBA order (every
+   other pair starts with the tight loop) so a drifting machine favours neither. The overhead is
+   the median over pairs of (agent mean / tight-loop mean - 1), with its interquartile range. On
+   a shared machine single pairs still swing by tens of percent, so two load-independent figures
+   follow: the loop's own cost, measured with a model whose ``run`` does nothing (``measure``'s
+   mean minus a tight loop of the same calls, as a fraction of ``--target-ms``); and, with
+   ``--instructions``, instructions per inference counted by ``valgrind --tool=callgrind`` (the
+   host's ``perf stat -e instructions`` is often unsupported in VMs) in four child processes:
+   the agent loop and the tight loop, each at two run counts, so that start-up cancels out in the
+   difference. Instruction counts do not move with the machine's load.
 
 Needs a broker for 1-2 (Mosquitto on 127.0.0.1:1883 by default) and ``onnx`` to build the model for 3.
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,6 +145,7 @@ class _NoOpModel:
 
 def loop_overhead(workdir: Path, target_ms: float, runs: int, rounds: int) -> dict[str, float]:
     import numpy as np
+
     from edgefleet.agent import runtimes
     from edgefleet.agent.benchmark import BenchmarkSettings, measure
     from edgefleet.agent.power import ProfileEstimate
@@ -156,12 +163,17 @@ def loop_overhead(workdir: Path, target_ms: float, runs: int, rounds: int) -> di
     settings = BenchmarkSettings(warmup=10, runs=runs, max_seconds=3600, idle_seconds=0, threads=1)
     tight_means, agent_means, ratios = [], [], []
     tight_mean_ms(model, feeds, 100)
-    for _ in range(rounds):
-        m = measure(model, feeds, settings, ProfileEstimate(profile), profile.cpu.cores)
-        t = tight_mean_ms(model, feeds, runs)
-        agent_means.append(m.latency.mean)
+    for i in range(rounds):
+        if i % 2:  # ABBA: a machine getting busier or quieter favours neither side
+            t = tight_mean_ms(model, feeds, runs)
+            a = measure(model, feeds, settings, ProfileEstimate(profile), profile.cpu.cores).latency.mean
+        else:
+            a = measure(model, feeds, settings, ProfileEstimate(profile), profile.cpu.cores).latency.mean
+            t = tight_mean_ms(model, feeds, runs)
+        agent_means.append(a)
         tight_means.append(t)
-        ratios.append(m.latency.mean / t - 1)
+        ratios.append(a / t - 1)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
     # The agent's per-inference cost on its own: measure() around a model that does nothing, minus a
     # tight loop of the same no-op calls. Immune to the machine's load, unlike the comparison above.
     noop = _NoOpModel(type("S", (), {"run": lambda self, *a: []})())
@@ -172,9 +184,56 @@ def loop_overhead(workdir: Path, target_ms: float, runs: int, rounds: int) -> di
     return {"loop_us": (noop_agent - noop_tight) * 1e3, "loop_abs_us": noop_agent * 1e3,
             "depth": depth, "size": size, "tight_ms": statistics.median(tight_means),
             "agent_ms": statistics.median(agent_means), "overhead": statistics.median(ratios),
-            "overhead_min": min(ratios), "overhead_max": max(ratios),
+            "overhead_min": min(ratios), "overhead_max": max(ratios), "overhead_q1": q1, "overhead_q3": q3,
             # The least-disturbed round of each: on a shared machine, the closest to the code's own cost.
             "best_overhead": min(agent_means) / min(tight_means) - 1}
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np
+from edgefleet.agent import runtimes
+from edgefleet.agent.benchmark import BenchmarkSettings, measure
+from edgefleet.agent.power import ProfileEstimate
+from edgefleet.hardware_profiles import load_profile
+mode, runs, path, size = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+model = runtimes.load(path, "onnxruntime", threads=1)
+feeds = {"x": np.random.default_rng(1).standard_normal((1, size)).astype(np.float32)}
+profile = load_profile("raspberry-pi-4")
+settings = BenchmarkSettings(warmup=0, runs=runs, max_seconds=3600, idle_seconds=0, threads=1)
+if mode == "agent":
+    measure(model, feeds, settings, ProfileEstimate(profile), profile.cpu.cores)
+else:
+    session = model._session
+    for _ in range(runs):
+        session.run(None, feeds)
+"""
+
+
+def _instructions(mode: str, runs: int, model: Path, size: int) -> int:
+    """Instructions executed by a child process that loads ``model`` and runs it ``runs`` times."""
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", _CHILD,
+            mode, str(runs), str(model), str(size)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if result.returncode != 0 or found is None:
+        raise SystemExit(f"callgrind failed ({mode}, {runs} runs):\n{result.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instruction_overhead(model: Path, size: int, runs: tuple[int, int] = (100, 1100)) -> dict[str, float]:
+    """Instructions per inference of the agent's loop and of a tight loop, start-up cancelled out."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    # 1000 runs apart: the odd garbage collection, which walks the whole heap, is amortised as it
+    # would be over a long benchmark instead of landing on a few hundred runs.
+    few, many = runs
+    per = {}
+    for mode in ("tight", "agent"):
+        # measure() runs the model once more (first inference) at both counts: that cancels too.
+        per[mode] = (_instructions(mode, many, model, size) - _instructions(mode, few, model, size)) / (many - few)
+    return {"tight_instr": per["tight"], "agent_instr": per["agent"], "instr_overhead": per["agent"] / per["tight"] - 1}
 
 
 def main() -> None:
@@ -185,21 +244,27 @@ def main() -> None:
                         "edgefleet/agent and edgefleet/hardware_profiles, e.g. from `git archive`) instead")
     parser.add_argument("--skip-loop", action="store_true", help="Only the idle figures")
     parser.add_argument("--target-ms", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per side of each pair")
+    parser.add_argument("--rounds", type=int, default=101, help="pairs of (agent loop, tight loop)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="Also count instructions per inference under valgrind's callgrind (minutes)")
     args = parser.parse_args()
 
     import onnxruntime
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-          f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}\n")
+    load = os.getloadavg()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
+          f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, load average at start "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     with tempfile.TemporaryDirectory(prefix="edgefleet-footprint-") as tmp:
         work = Path(tmp)
         rss_import, heavy = import_footprint(args.pythonpath)
         rss, peak, cpu_pct = idle_agent(args.broker, args.idle_seconds, work, args.pythonpath)
         o = None if args.skip_loop else loop_overhead(work, args.target_ms, args.runs, args.rounds)
+        if o is not None and args.instructions:
+            o |= instruction_overhead(work / "chain.onnx", int(o["size"]))
     print("| figure | value | target |\n|---|---|---|")
     print(f"| RSS after `import edgefleet.agent.cli` | {rss_import:.1f} MB | |")
     print(f"| heavy modules loaded at import | {', '.join(heavy)} | no numpy, no runtime |")
@@ -209,12 +274,19 @@ def main() -> None:
         return
     print(f"| tight `session.run` loop, MatMul chain {o['depth']}×{o['size']}² | {o['tight_ms']:.3f} ms | ~{args.target_ms} ms |")
     print(f"| agent `benchmark.measure` mean, same session | {o['agent_ms']:.3f} ms | |")
-    print(f"| benchmark-loop overhead (median of {args.rounds} rounds, {args.runs} runs each) | "
-          f"{o['overhead']:+.2%} (min {o['overhead_min']:+.2%}, max {o['overhead_max']:+.2%}) | < 3 % |")
+    print(f"| benchmark-loop overhead (median of {args.rounds} ABBA pairs, {args.runs} runs each side) | "
+          f"{o['overhead']:+.2%} (IQR {o['overhead_q1']:+.2%} to {o['overhead_q3']:+.2%}, min "
+          f"{o['overhead_min']:+.2%}, max {o['overhead_max']:+.2%}) | < 3 % |")
     print(f"| benchmark-loop overhead, fastest round against fastest round | {o['best_overhead']:+.2%} | < 3 % |")
     print(f"| agent loop's own cost per inference (no-op model: measure() mean − tight loop mean) | "
           f"{o['loop_us']:.2f} µs ({o['loop_abs_us']:.2f} µs per call in all) = "
           f"{o['loop_us'] / 1e3 / args.target_ms:.3%} of a {args.target_ms:g} ms model | < 3 % |")
+    if "instr_overhead" in o:
+        print(f"| instructions per inference (callgrind): tight loop / agent loop | {o['tight_instr'] / 1e6:.3f} M / "
+              f"{o['agent_instr'] / 1e6:.3f} M | |")
+        print(f"| benchmark-loop overhead in instructions | {o['instr_overhead']:+.3%} | < 3 % |")
+    load = os.getloadavg()
+    print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

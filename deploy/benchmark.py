@@ -16,10 +16,22 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.agent import topics
 from edgefleet.agent.errors import EdgefleetError, MessageError
-from edgefleet.agent.messages import TELEMETRY, BenchmarkReport, BenchmarkRequest, DeploymentEvent, Phase, parse
+from edgefleet.agent.messages import (
+    TELEMETRY,
+    BenchmarkReport,
+    BenchmarkRequest,
+    DeploymentEvent,
+    Phase,
+    parse,
+)
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.link import BrokerLink
-from edgefleet.deploy.push import DEFAULT_CHUNK_SIZE, chunk_messages, describe_package, new_deployment_id
+from edgefleet.deploy.push import (
+    DEFAULT_CHUNK_SIZE,
+    chunk_messages,
+    describe_package,
+    new_deployment_id,
+)
 
 
 class BenchmarkFailed(EdgefleetError):

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 import click
+
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.collector import DEFAULT_SHARED_GROUP, Collector, CollectorStats
 from edgefleet.deploy.options import broker_option, db_option, json_option
@@ -191,7 +192,16 @@ def write_export(rows: Iterator[BenchmarkRow], out: IO[str], fmt: str) -> int:
     help=f"Share the load with the other collectors of GROUP (MQTT shared subscription; --shared alone: "
          f"{DEFAULT_SHARED_GROUP}). Each message goes to one of them; point them all at the same --db.",
 )
-def collect(broker: BrokerURL, db: StoreLocation, interval: float, shared_group: str | None) -> None:
+@click.option(
+    "--client-id",
+    default=None,
+    metavar="ID",
+    help="Connect as ID with a persistent MQTT session: while this collector is down (a restart, an "
+         "upgrade) the broker queues its messages and delivers them when it is back. Give each collector "
+         "its own ID. Without it the session is clean and messages sent meanwhile are not kept for it.",
+)
+def collect(broker: BrokerURL, db: StoreLocation, interval: float, shared_group: str | None,
+            client_id: str | None) -> None:
     """Listen to every device and store state, deployment events and benchmarks, until Ctrl-C.
 
     Malformed messages are logged and counted, never stored. Reconnects by itself if the broker
@@ -203,7 +213,7 @@ def collect(broker: BrokerURL, db: StoreLocation, interval: float, shared_group:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        collector = Collector(broker, store, shared_group=shared_group)
+        collector = Collector(broker, store, client_id=client_id, shared_group=shared_group)
     except ValueError as exc:
         store.close()
         raise click.BadParameter(str(exc), param_hint="--shared") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -12,9 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from edgefleet.agent import keys
 from edgefleet.agent.transport import BrokerURL
+
+# Property-based tests (tests/test_fuzz.py): a quick run by default, `HYPOTHESIS_PROFILE=long` for
+# a thorough one. No deadline: how long an example takes is the benchmarks' business, not a test's.
+settings.register_profile("default", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # The suite runs against the machine's Mosquitto (the README's test command installs and starts it).
 SHARED_BROKER = "mqtt://127.0.0.1:1883"
@@ -55,11 +65,16 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Mosquitto:
     """A private Mosquitto on a free port, for tests that stop, restart or reconfigure the broker."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        """``persistent``: retained messages and sessions survive a restart, and sessions queue as on a production broker."""
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # A production broker also queues more for an absent persistent session than Mosquitto's default
+        # 1,000 messages (docs/scaling.md), or a restarting collector loses what overflows.
+        persistence = (f"persistence true\npersistence_location {workdir}/\nmax_queued_messages 100000\n"
+                       if persistent else "persistence false\n")
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -101,8 +116,12 @@ def digits_mlp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     return model_zoo.digits_mlp(tmp_path_factory.mktemp("zoo"))
 
 
-def tiny_onnx(scale: float = 1.0) -> bytes:
-    """y = x @ W * scale + b: a four-input linear model whose outputs change with ``scale``."""
+def tiny_onnx(scale: float = 1.0, pad_bytes: int = 0) -> bytes:
+    """y = x @ W * scale + b: a four-input linear model whose outputs change with ``scale``.
+
+    ``pad_bytes`` adds an unused initializer of random (incompressible) floats, for a package large
+    enough that a transfer can be interrupted in the middle.
+    """
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -115,7 +134,8 @@ def tiny_onnx(scale: float = 1.0) -> bytes:
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        initializer=[w, b],
+        initializer=[w, b] + ([numpy_helper.from_array(rng.standard_normal(pad_bytes // 4).astype(np.float32), "pad")]
+                              if pad_bytes else []),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
@@ -124,7 +144,8 @@ def tiny_onnx(scale: float = 1.0) -> bytes:
 
 
 def make_package(path: Path, key_path: Path, *, profile: str = "raspberry-pi-4", version: str = "1",
-                 scale: float = 1.0, model_bytes: bytes | None = None, expected_shift: float = 0.0) -> Path:
+                 scale: float = 1.0, model_bytes: bytes | None = None, expected_shift: float = 0.0,
+                 pad_bytes: int = 0) -> Path:
     """Write a signed package of ``tiny_onnx(scale)`` with test vectors computed by onnxruntime.
 
     ``expected_shift`` corrupts the expected outputs, to make a package that fails its test vectors.
@@ -132,9 +153,16 @@ def make_package(path: Path, key_path: Path, *, profile: str = "raspberry-pi-4",
     import numpy as np
     import onnxruntime as ort
 
-    from edgefleet.agent.package import Manifest, Target, TensorSpec, TestVectors, pack_test_vectors, write_package
+    from edgefleet.agent.package import (
+        Manifest,
+        Target,
+        TensorSpec,
+        TestVectors,
+        pack_test_vectors,
+        write_package,
+    )
 
-    model = model_bytes if model_bytes is not None else tiny_onnx(scale)
+    model = model_bytes if model_bytes is not None else tiny_onnx(scale, pad_bytes)
     feeds = [{"x": np.full((1, 4), i, dtype=np.float32)} for i in range(3)]
     if model_bytes is None:
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])

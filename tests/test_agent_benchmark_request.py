@@ -16,7 +16,13 @@ from edgefleet.agent.install import ModelStore
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.benchmark import BenchmarkFailed, request_benchmark
 from edgefleet.deploy.benchmark_cli import benchmark
-from edgefleet.deploy.push import DeploymentWatcher, clear_deployment, clear_package, describe_package, push_package
+from edgefleet.deploy.push import (
+    DeploymentWatcher,
+    clear_deployment,
+    clear_package,
+    describe_package,
+    push_package,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from edgefleet.agent.cli import agent
 from edgefleet.agent.config import AgentConfig, load_config
 from edgefleet.agent.detect import detect_profile, profile_for_model

@@ -4,6 +4,10 @@ Each case installs v1, then pushes v2 to an agent that kills itself (``EDGEFLEET
 at one point of the download or install. Right after the crash the data directory must hold a
 complete v1 or a complete v2 as ``current``, never a mix; a restarted agent must then finish the
 deployment and serve v2.
+
+The rollback paths are killed the same way: the automatic rollback after a model crashed the
+agent repeatedly, and the removal of a package that failed its test vectors. After a restart the
+agent serves v1, complete, and the deployment is reported failed (scenarios in fault_scenarios.py).
 """
 
 from __future__ import annotations
@@ -16,12 +20,24 @@ from pathlib import Path
 
 import pytest
 from conftest import AgentProcess, Watcher, clear_retained, make_package
+from fault_scenarios import (
+    CRASH_LOOP_ROLLBACK_POINTS,
+    FAILED_TEST_ROLLBACK_POINTS,
+    Lab,
+    sigkill_during_crash_loop_rollback,
+    sigkill_during_failed_install_rollback,
+)
 
 from edgefleet.agent import topics
 from edgefleet.agent.install import ModelStore
 from edgefleet.agent.package import file_sha256
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.deploy.push import DeploymentWatcher, clear_deployment, clear_package, push_package
+from edgefleet.deploy.push import (
+    DeploymentWatcher,
+    clear_deployment,
+    clear_package,
+    push_package,
+)
 
 POINTS = ["chunk:0", "chunk:3", "verified", "staging", "staged", "activating", "activated", "benchmarking"]
 CHUNK = 256  # small chunks, so a download has several and can be cut in the middle
@@ -139,3 +155,21 @@ def test_a_model_that_keeps_crashing_the_agent_is_rolled_back(
     assert crashes == 3
     assert "crashed the agent 3 times; rolled back to tiny@1:raspberry-pi-4" in event["error"]
     assert _assert_complete(data, {"1"}) == "1"
+
+
+@pytest.mark.parametrize("point", CRASH_LOOP_ROLLBACK_POINTS)
+def test_a_crash_during_the_crash_loop_rollback_is_finished_at_the_next_start(
+    point: str, signing_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    outcome = sigkill_during_crash_loop_rollback(Lab(tmp_path, *signing_key), CRASH_LOOP_ROLLBACK_POINTS.index(point))
+    assert f"killed at {point}" in outcome.detail
+    assert outcome.survived and outcome.defined and outcome.lost == 0, outcome
+
+
+@pytest.mark.parametrize("point", FAILED_TEST_ROLLBACK_POINTS)
+def test_a_crash_while_discarding_a_failed_package_keeps_the_old_model(
+    point: str, signing_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    outcome = sigkill_during_failed_install_rollback(Lab(tmp_path, *signing_key), FAILED_TEST_ROLLBACK_POINTS.index(point))
+    assert f"killed at {point}" in outcome.detail
+    assert outcome.survived and outcome.defined and outcome.lost == 0, outcome

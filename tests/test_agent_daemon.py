@@ -11,11 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AgentProcess, Mosquitto, Watcher, clear_retained, make_package, publish
+from conftest import (
+    AgentProcess,
+    Mosquitto,
+    Watcher,
+    clear_retained,
+    make_package,
+    publish,
+)
 
 from edgefleet.agent import keys, topics
-from edgefleet.agent.transport import BrokerURL
 from edgefleet.agent.messages import PackageRef
+from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.push import clear_deployment, clear_package, push_package
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from edgefleet.agent.cli import agent
 from edgefleet.agent.config import load_config
 from edgefleet.agent.daemon import Agent

@@ -18,6 +18,7 @@ from typing import Self
 import pytest
 from click.testing import CliRunner
 from conftest import AgentProcess, Watcher, clear_retained, make_package
+
 from edgefleet.agent import topics
 from edgefleet.agent.errors import IntegrityError, TransportError
 from edgefleet.agent.http_fetch import fetch_http

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgefleet.agent import thermal
 from edgefleet.agent.benchmark import BenchmarkSettings, DeviceProbe, measure
 from edgefleet.agent.messages import BenchmarkReport
-from edgefleet.agent.power import ProfileEstimate, RaplCounter, find_power_source, parse_pmic
+from edgefleet.agent.power import (
+    ProfileEstimate,
+    RaplCounter,
+    find_power_source,
+    parse_pmic,
+)
 from edgefleet.hardware_profiles import load_profile
 
 PI5 = load_profile("raspberry-pi-5")

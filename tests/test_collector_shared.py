@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from test_deploy_support import benchmark
+from test_store_backends import postgres_url, store_location  # noqa: F401  (fixtures)
+
 from edgefleet.agent import topics
 from edgefleet.agent.transport import BrokerURL, make_client
 from edgefleet.deploy.collector import Collector, subscriptions
 from edgefleet.deploy.store import TelemetryStore
-from test_deploy_support import benchmark
-from test_store_backends import postgres_url, store_location  # noqa: F401  (fixtures)
 
 N = 60
 

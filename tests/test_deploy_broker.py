@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_deploy_support import Subscriber, make_package, publish
 
 from edgefleet.agent import topics
 from edgefleet.agent.messages import Deployment, parse
 from edgefleet.deploy.broker import EmbeddedBroker, PortInUseError, broker_command
 from edgefleet.deploy.push import push_package
-
-from test_deploy_support import Subscriber, make_package, publish
 
 
 def test_retained_megabyte_reaches_a_later_subscriber() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port
+from test_deploy_support import benchmark, event, publish, state
 
 from edgefleet.agent import topics
 from edgefleet.agent.errors import TransportError
@@ -16,9 +18,6 @@ from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.collector import Collector
 from edgefleet.deploy.store import TelemetryStore
 from edgefleet.deploy.telemetry_cli import EMPTY_HINT, telemetry
-
-from conftest import free_port
-from test_deploy_support import benchmark, event, publish, state
 
 
 @pytest.fixture
