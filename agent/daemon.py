@@ -567,7 +567,7 @@ class Agent:
         )
         self.counters.inferences += 1 + settings.warmup + m.runs
         self.counters.benchmarks += 1
-        self.outbox.put(topics.telemetry(self.device_id), report.to_bytes())
+        self._report(topics.telemetry(self.device_id), report.to_bytes())
         self.log.info("benchmark of %s: p50 %.3f ms, p99 %.3f ms, %.0f inf/s, %.2f W (%s)", manifest.package_id,
                       m.latency.p50, m.latency.p99, m.throughput_ips, m.power.watts, m.power.source)
         return model
@@ -616,7 +616,16 @@ class Agent:
             self.log.warning("no system sample: %s", exc)
             return
         sample = sample.model_copy(update={"outbox_pending": len(self.outbox), "outbox_dropped": self.outbox.dropped})
-        self.outbox.put(topics.system(self.device_id), sample.to_bytes())
+        self._report(topics.system(self.device_id), sample.to_bytes())
+
+    def _report(self, topic: str, payload: bytes) -> None:
+        """Hand a report to the outbox; one the disk refuses (it is full) still goes out if the broker is there.
+
+        The direct publish is not durable, but a deployment's "failed: disk full" is the report that
+        matters most exactly when the disk is full.
+        """
+        if not self.outbox.put(topic, payload) and self._client.is_connected():
+            self._client.publish(topic, payload, qos=1)
 
     def _publish_state(self) -> None:
         self._client.publish(topics.state(self.device_id), self._state("online").to_bytes(), qos=1, retain=True)
@@ -625,7 +634,7 @@ class Agent:
         job_id = job.deployment_id if isinstance(job, Deployment) else job.request_id
         event = DeploymentEvent(device_id=self.device_id, deployment_id=job_id,
                                 package_id=job.package.id, phase=phase, error=error)
-        self.outbox.put(topics.events(self.device_id), event.to_bytes())
+        self._report(topics.events(self.device_id), event.to_bytes())
 
     def _load_history(self) -> _History:
         try:
@@ -693,7 +702,7 @@ class Agent:
         self.log.error("%s", trial.rollback)
         event = DeploymentEvent(device_id=self.device_id, deployment_id=trial.deployment_id,
                                 package_id=trial.package_id, phase=Phase.FAILED, error=trial.rollback)
-        self.outbox.put(topics.events(self.device_id), event.to_bytes())
+        self._report(topics.events(self.device_id), event.to_bytes())
         crash_point("rollback:reported")
         history.trial = None
         history.done = (history.done + [trial.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]

@@ -43,8 +43,8 @@ class Outbox:
         self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._db.execute("INSERT OR IGNORE INTO counters VALUES ('dropped', 0)")
 
-    def put(self, topic: str, payload: bytes) -> None:
-        """Queue a message; if the outbox is full, drop the oldest and count it."""
+    def put(self, topic: str, payload: bytes) -> bool:
+        """Queue a message; if the outbox is full, drop the oldest and count it. False if the disk refused it."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -63,6 +63,8 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                 self._unsaved_drops += 1
                 log.error("outbox: could not queue a message for %s (%s); counted as dropped", topic, exc)
+                return False
+            return True
 
     def oldest(self, limit: int, *, after: int = 0) -> list[Pending]:
         """Up to ``limit`` messages in the order they were queued, with ids greater than ``after``."""

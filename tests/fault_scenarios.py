@@ -75,7 +75,9 @@ class Outcome:
 
     @property
     def lost(self) -> int:
-        return self.accepted - self.pending - self.received
+        # received can exceed what the outbox accepted: a report the full disk refused is published
+        # directly when the broker is there (agent.daemon's _report), and arrives without being counted.
+        return max(0, self.accepted - self.pending - self.received)
 
     @property
     def ok(self) -> bool:
@@ -215,6 +217,14 @@ class Rig:
         agent.stop()
         return agent.proc is not None and agent.proc.returncode == 0
 
+    def wait_event(self, deployment_id: str, phases: Iterable[str] = ("done", "failed"), timeout: float = 90) -> dict:  # type: ignore[type-arg]
+        """The observer's ``wait_event``; a timeout carries the end of each agent's log, to see why."""
+        try:
+            return self.observer.wait_event(deployment_id, phases, timeout)
+        except TimeoutError as exc:
+            logs = "\n".join(f"--- {a.log_path.name}:\n" + "\n".join(a.log().splitlines()[-25:]) for a in self.agents)
+            raise TimeoutError(f"{exc}\n{logs}") from None
+
     def package(self, version: str, **kw: object) -> Path:
         return make_package(self.dir / f"v{version}.efpkg", self.lab.key, version=version, **kw)  # type: ignore[arg-type]
 
@@ -309,7 +319,7 @@ def broker_restart_during_transfer(lab: Lab, run: int = 0) -> Outcome:
         rig.broker.stop()  # SIGTERM: Mosquitto saves retained messages and sessions
         rig.broker.start()
         publish_all(rig.url, chunks[half:])
-        event = rig.observer.wait_event(deployment.deployment_id)
+        event = rig.wait_event(deployment.deployment_id)
         alive = agent.alive()
         version = serving(rig.data)
         return rig.outcome("broker restart during a transfer", survived=alive,
@@ -330,7 +340,7 @@ def network_partition(lab: Lab, run: int = 0, seconds: float = 30.0) -> Outcome:
             time.sleep(max(0.0, seconds - (time.monotonic() - cut_at)))
             _, held = outbox_counts(rig.data)
             proxy.restore()
-            event = rig.observer.wait_event(deployment.deployment_id, timeout=120)
+            event = rig.wait_event(deployment.deployment_id, timeout=120)
             version = serving(rig.data)
             return rig.outcome(f"network partition ({seconds:.0f} s)", survived=agent.alive(),
                                defined=first["phase"] == "done" and event["phase"] == "done" and version == "2",
@@ -377,13 +387,13 @@ def disk_full_during_download(lab: Lab, run: int = 0) -> Outcome:
         filler = rig.data / "filler"
         fill(filler)  # something else on the device takes all the space
         publish_all(rig.url, chunks[quarter:])
-        failed = rig.observer.wait_event(deployment.deployment_id)
+        failed = rig.wait_event(deployment.deployment_id)
         leftovers = sorted(p.name for p in (rig.data / "downloads").iterdir())
         during = serving(rig.data)
         filler.unlink()
         again = Deployment(deployment_id=new_deployment_id(), package=deployment.package, profile=PROFILE)
         publish_all(rig.url, [(topics.device_deploy(rig.device_id), again.to_bytes())])
-        retried = rig.observer.wait_event(again.deployment_id)
+        retried = rig.wait_event(again.deployment_id)
         after = serving(rig.data)
         defined = (first["phase"] == "done" and failed["phase"] == "failed" and "disk full" in failed["error"]
                    and during == "1" and not leftovers and retried["phase"] == "done" and after == "2")
@@ -407,7 +417,7 @@ def sigkill_during_install(lab: Lab, run: int = 0) -> Outcome:
         right_after = serving(rig.data)
         deployment_id = _latest_deployment(rig)
         agent = rig.start_agent()
-        event = rig.observer.wait_event(deployment_id)
+        event = rig.wait_event(deployment_id)
         after = serving(rig.data)
         staging = list((rig.data / "packages").glob(".staging-*"))
         defined = (first["phase"] == "done" and died and right_after in ("1", "2") and event["phase"] == "done"
@@ -466,7 +476,7 @@ def sigkill_during_crash_loop_rollback(lab: Lab, run: int = 0) -> Outcome:
         died = _crash(rig, point)  # this start rolls back, and is killed in the middle of it
         right_after = serving(rig.data)
         agent = rig.start_agent()
-        event = rig.observer.wait_event(deployment.deployment_id, phases=("failed",))
+        event = rig.wait_event(deployment.deployment_id, phases=("failed",))
         after = serving(rig.data)
         defined = (first["phase"] == "done" and crashes == 3 and died and right_after in ("1", "2")
                    and "rolled back to tiny@1" in event["error"] and after == "1")
@@ -490,7 +500,7 @@ def sigkill_during_failed_install_rollback(lab: Lab, run: int = 0) -> Outcome:
         right_after = serving(rig.data)
         deployment_id = _latest_deployment(rig)
         agent = rig.start_agent()
-        event = rig.observer.wait_event(deployment_id)
+        event = rig.wait_event(deployment_id)
         after = serving(rig.data)
         leftovers = [p.name for p in (rig.data / "packages").iterdir() if p.name.startswith(".")]
         defined = (first["phase"] == "done" and died and right_after == "1" and event["phase"] == "failed"
@@ -517,7 +527,7 @@ def corrupted_chunk(lab: Lab, run: int = 0) -> Outcome:
         refused = rig.have_chunks(deployment.package) == len(chunks) - 1 and "wrong sha256" in agent.log()
         during = serving(rig.data)
         publish_all(rig.url, [(topic, good)])  # the pusher publishes the chunk again
-        event = rig.observer.wait_event(deployment.deployment_id)
+        event = rig.wait_event(deployment.deployment_id)
         after = serving(rig.data)
         defined = first["phase"] == "done" and refused and during == "1" and event["phase"] == "done" and after == "2"
         return rig.outcome("corrupted chunk", survived=agent.alive(), defined=defined,
@@ -538,13 +548,13 @@ def duplicated_and_reordered_messages(lab: Lab, run: int = 0) -> Outcome:
         half = len(shuffled) // 2
         publish_all(rig.url, [*shuffled[:half], (deploy_topic, deployment.to_bytes()), *shuffled[half:],
                               (deploy_topic, deployment.to_bytes()), (deploy_topic, deployment.to_bytes())])
-        done = rig.observer.wait_event(deployment.deployment_id)
+        done = rig.wait_event(deployment.deployment_id)
         older_deployment, older_chunks = _split_push(rig.package("3", scale=5.0))
         older = older_deployment.model_copy(update={"issued_at": deployment.issued_at - 3600})
         # A marker after it: deployments are handled in order, so once the marker is done the older one was seen.
         marker = Deployment(deployment_id=new_deployment_id(), package=deployment.package, profile=PROFILE)
         publish_all(rig.url, [*older_chunks, (deploy_topic, older.to_bytes()), (deploy_topic, marker.to_bytes())])
-        marked = rig.observer.wait_event(marker.deployment_id)
+        marked = rig.wait_event(marker.deployment_id)
         events = rig.observer.events()
         installs = [e for e in events if e["deployment_id"] == deployment.deployment_id and e["phase"] == "installing"]
         outcomes = [e for e in events if e["deployment_id"] == deployment.deployment_id and e["phase"] in ("done", "failed")]

@@ -146,7 +146,7 @@ def test_a_fleet_benchmark_corrects_the_next_compile(digits_mlp, signing_key, br
                               corrections={profile: factor})
     corrected = read_manifest(second.package_path).report["cost_estimate"]
     assert corrected["correction"] == factor
-    assert corrected["latency_ms"] == pytest.approx(report.latency_ms.p50, rel=1e-6)
+    assert corrected["latency_ms"] == pytest.approx(report.latency_ms.p50, rel=1e-3)  # the manifest rounds estimates
 
 
 def test_simulated_reports_do_not_correct_a_real_device_profile(tmp_path: Path) -> None:
