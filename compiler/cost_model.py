@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgefleet.compiler import stats
 from edgefleet.hardware_profiles.schema import (
     DeviceKind,
     HardwareProfile,
@@ -125,17 +126,8 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
     An operator whose shapes cannot be inferred counts no MACs and no activations (logged), so the
     estimate is then a lower bound, as ``stats.count_macs`` is.
     """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except onnx.shape_inference.InferenceError as exc:
-        log.info("shape inference failed (%s); the cost model counts only declared shapes", exc)
-        inferred = model
-    graph = inferred.graph
-    shapes: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    shapes = stats.static_shapes(model)
+    graph = model.graph
     constants = {init.name for init in graph.initializer}
     ops: list[OpCost] = []
     previous_mac = False

@@ -137,6 +137,26 @@ _MAC_OPS: dict[str, tuple[int, int]] = {
 }
 
 
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every tensor's shape that ONNX shape inference makes fully static, initializers included.
+
+    When inference fails, only the shapes the graph declares are known (logged), so figures built
+    on these are lower bounds.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError as exc:
+        log.info("shape inference failed (%s); only declared shapes are known", exc)
+        inferred = model
+    graph = inferred.graph
+    shapes: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    return shapes
+
+
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of one inference in Conv, Gemm and MatMul (and their integer forms).
 
@@ -146,19 +166,9 @@ def count_macs(model: onnx.ModelProto) -> int:
     operators, pooling and normalisation are not counted: next to the layers with weights they
     are noise, and this is the figure that structured pruning and low-rank factorisation change.
     """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except onnx.shape_inference.InferenceError as exc:
-        log.info("shape inference failed (%s); MACs count only layers with declared shapes", exc)
-        inferred = model
-    graph = inferred.graph
-    shapes: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    shapes = static_shapes(model)
     total = 0
-    for node in graph.node:
+    for node in model.graph.node:
         slots = _MAC_OPS.get(node.op_type)
         if slots is None:
             continue
