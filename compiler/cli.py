@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--profile", "profiles", multiple=True, required=True, metavar="NAME",
               help="Hardware profile to compile for, by name or YAML path (repeatable; `edgefleet profiles` lists them).")
-@click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
-              help="Real input samples (.npz keyed by input name, or .npy) for static int8; a quarter is held out "
-                   "to measure fidelity. Without it, static int8 is skipped and fidelity is measured on random inputs.")
+@click.option("--calibration", type=click.Path(path_type=Path), metavar="DATA",
+              help="Real input samples (.npz keyed by input name, or .npy, or a folder of png/jpg images with a "
+                   "preprocess.yaml saying how they become inputs; see `edgefleet convert --help`) for static int8; "
+                   "a quarter is held out to measure fidelity. Without it, static int8 is skipped and fidelity is "
+                   "measured on random inputs.")
 @click.option("--eval", "evaluation", type=click.Path(path_type=Path, dir_okay=False), metavar="DATA",
               help="Held-out samples to measure fidelity on (same format; a 'labels' array adds accuracy). "
                    "Default: the part held out of --calibration.")

@@ -1,4 +1,4 @@
-"""Calibration from a folder of images with a declared preprocessing (compiler/calibration.py, ``edgefleet convert``)."""
+"""Calibration from a folder of images with a declared preprocessing (compiler/calibration.py, ``edgefleet convert`` and ``compile``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgefleet.agent.package import TensorSpec
 from edgefleet.compiler import calibration, model_zoo
-from edgefleet.compiler.cli import convert_command
+from edgefleet.compiler.cli import compile_command, convert_command
 from edgefleet.compiler.errors import CalibrationError
 
 SPEC = TensorSpec(name="input", shape=[1, 3, 8, 12], dtype="float32")
@@ -106,3 +106,19 @@ def test_convert_quantizes_int8_calibrated_on_an_image_folder(tmp_path: Path) ->
         "--calibration", str(tmp_path / "imgs"), "--preprocess", "resize=64x64"])
     assert bad.exit_code == 1 and "makes each image [1, 3, 64, 64]" in bad.output
     assert not (tmp_path / "n.tflite").exists()
+
+
+def test_compile_calibrates_on_an_image_folder_with_its_preprocess_yaml(tmp_path: Path,
+                                                                        signing_key: tuple[Path, Path]) -> None:
+    import onnx
+
+    onnx.save(model_zoo.mobilenetv2_block(0), tmp_path / "m.onnx")
+    _images(tmp_path / "imgs", count=8, size=(40, 40))
+    (tmp_path / "imgs" / calibration.PREPROCESS_FILE).write_text("resize: 32x32\nscale: 1/255\n")
+    result = CliRunner().invoke(compile_command, [
+        str(tmp_path / "m.onnx"), "--profile", "raspberry-pi-4", "--calibration", str(tmp_path / "imgs"),
+        "--key", str(signing_key[0]), "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    (package,) = json.loads(result.stdout)["packages"]
+    assert package["calibration"]["samples"] == 6  # 8 images, a quarter held out
+    assert "int8-static" not in package["skipped"]
