@@ -12,15 +12,13 @@ and keeps serving the model it had.
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import os
 import queue
 import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +37,7 @@ from edgefleet.agent.errors import (
     TransportError,
 )
 from edgefleet.agent.faults import crash_point
+from edgefleet.agent.history import HistoryFile, Trial
 from edgefleet.agent.http_fetch import fetch_http
 from edgefleet.agent.install import InstalledPackage, ModelStore
 from edgefleet.agent.keys import TrustStore
@@ -80,32 +79,7 @@ if TYPE_CHECKING:
     # it is ~15 MB of RSS that an idle agent with no model loaded does not need.
     import numpy as np
 
-_MAX_REMEMBERED_DEPLOYMENTS = 256
 _OUTBOX_WINDOW = 32  # reports in flight at once: enough to keep a link busy, few to resend after a drop
-
-
-@dataclass
-class _Trial:
-    """A model just made current and not yet proven: it has not finished a benchmark without crashing us."""
-
-    deployment_id: str
-    package_id: str
-    sha256: str
-    previous: str | None  # directory name under packages/ of the model it replaced
-    starts: int = 0  # agent starts since it became current; the trial ends before a clean exit, so each follows a crash
-    # Set once the agent has decided to roll back, before it touches ``current``: a crash during the
-    # rollback itself then finishes it at the next start instead of forgetting it.
-    rollback: str | None = None
-
-
-@dataclass
-class _History:
-    """Deployments this device has finished (so retained ones replay as no-ops), the newest applied,
-    and the model on trial, if any."""
-
-    done: list[str]
-    issued_at: float
-    trial: _Trial | None = None
 
 
 def agent_version() -> str:
@@ -174,7 +148,7 @@ class Agent:
         self.power = find_power_source(profile, sysfs=sysfs, vcgencmd=vcgencmd, simulated=simulated, logger=self.log)
         # A simulated device reports no temperatures: the host's say nothing about the board it pretends to be.
         self.probe = None if simulated else DeviceProbe(sysfs=Path(sysfs), vcgencmd=vcgencmd)
-        self._state_path = self.data_dir / "agent-state.json"
+        self.history = HistoryFile(self.data_dir / "agent-state.json")
         self._jobs: queue.Queue[Deployment | BenchmarkRequest] = queue.Queue()  # handled one at a time
         self.candidates = ModelStore(self.data_dir / "candidates", keep=1)
         self._download: ChunkedDownload | None = None
@@ -351,7 +325,7 @@ class Agent:
     # --- deployments (the run thread) ----------------------------------------------------
 
     def _handle(self, deployment: Deployment) -> None:
-        history = self._load_history()
+        history = self.history.load()
         if deployment.deployment_id in history.done:
             return
         if deployment.issued_at < history.issued_at:
@@ -359,6 +333,7 @@ class Agent:
             return
         ref = deployment.package
         current = self._current()
+        applied = False
         try:
             if deployment.profile != self.profile.name:
                 raise PackageError(f"package {ref.id} was compiled for {deployment.profile}, "
@@ -371,14 +346,17 @@ class Agent:
             self._benchmark_current()
             self._event(deployment, Phase.DONE)
             self.counters.deployments_done += 1
+            applied = True
         except (PackageError, RuntimeLoadError, BenchmarkError, TransportError) as exc:
             self.log.error("deployment %s of %s failed: %s", deployment.deployment_id, ref.id, exc)
             self._event(deployment, Phase.FAILED, error=str(exc))
             self.counters.deployments_failed += 1
         finally:
-            # Whatever the outcome, the new model did not crash the agent: its trial is over.
-            self._end_trial()
-            self._remember(deployment)
+            # Whatever the outcome, the new model did not crash the agent: its trial is over. Only an
+            # applied deployment sets the floor for later ones: one that failed changed nothing, and a
+            # bogus one with a far-future issued_at must not lock out every real deployment after it.
+            self.history.end_trial()
+            self.history.finish(deployment.deployment_id, deployment.issued_at if applied else None)
             self._publish_state()
 
     def _handle_request(self, request: BenchmarkRequest) -> None:
@@ -439,7 +417,8 @@ class Agent:
             raise
         self.store.record_version(manifest, rollback=deployment.rollback is not None)
         self.store.activate(staged)
-        self._start_trial(deployment, ref.sha256, previous)
+        self.history.start_trial(Trial(deployment_id=deployment.deployment_id, package_id=deployment.package.id,
+                                       sha256=ref.sha256, previous=previous.directory.name if previous else None))
         self._model = model
         self.log.info("installed %s (was %s)", manifest.package_id, previous.manifest.package_id if previous else "nothing")
 
@@ -636,31 +615,6 @@ class Agent:
                                 package_id=job.package.id, phase=phase, error=error)
         self._report(topics.events(self.device_id), event.to_bytes())
 
-    def _load_history(self) -> _History:
-        try:
-            raw = json.loads(self._state_path.read_text())
-            trial = _Trial(**raw["trial"]) if raw.get("trial") else None
-            return _History(done=[str(d) for d in raw["done"]], issued_at=float(raw["issued_at"]), trial=trial)
-        except (OSError, ValueError, TypeError, KeyError):
-            return _History(done=[], issued_at=0.0)
-
-    def _save_history(self, history: _History) -> None:
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(history)))
-        os.replace(tmp, self._state_path)
-
-    def _start_trial(self, deployment: Deployment, sha256: str, previous: InstalledPackage | None) -> None:
-        history = self._load_history()
-        history.trial = _Trial(deployment_id=deployment.deployment_id, package_id=deployment.package.id,
-                               sha256=sha256, previous=previous.directory.name if previous else None)
-        self._save_history(history)
-
-    def _end_trial(self) -> None:
-        history = self._load_history()
-        if history.trial is not None:
-            history.trial = None
-            self._save_history(history)
-
     def _roll_back_after_crashes(self) -> None:
         """At start-up: if the model on trial has crashed the agent too often, serve the previous one again.
 
@@ -668,7 +622,7 @@ class Agent:
         event is queued, so a crash at any step of the rollback repeats the rest of it at the next
         start (the event may then be reported twice; the fleet side stores it once).
         """
-        history = self._load_history()
+        history = self.history.load()
         trial = history.trial
         if trial is None:
             return
@@ -679,7 +633,7 @@ class Agent:
             trial.starts += 1
             crashes = trial.starts
             if crashes < self.max_crashes:
-                self._save_history(history)
+                self.history.save(history)
                 if crashes:
                     self.log.warning("%s crashed the agent %d time(s) since it was installed; %d more and it is "
                                      "rolled back", trial.package_id, crashes, self.max_crashes - crashes)
@@ -691,7 +645,7 @@ class Agent:
             else:
                 trial.rollback = (f"{trial.package_id} crashed the agent {crashes} times; "
                                   f"rolled back to {previous.manifest.package_id}")
-            self._save_history(history)
+            self.history.save(history)
             crash_point("rollback:decided")
         else:
             self.log.warning("finishing a rollback that a crash interrupted: %s", trial.rollback)
@@ -705,14 +659,7 @@ class Agent:
         self._report(topics.events(self.device_id), event.to_bytes())
         crash_point("rollback:reported")
         history.trial = None
-        history.done = (history.done + [trial.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
-        self._save_history(history)
+        history.finish(trial.deployment_id)
+        self.history.save(history)
         self.counters.deployments_failed += 1
-
-    def _remember(self, deployment: Deployment) -> None:
-        """Record a finished deployment so that its retained message does nothing next time."""
-        history = self._load_history()
-        history.done = (history.done + [deployment.deployment_id])[-_MAX_REMEMBERED_DEPLOYMENTS:]
-        history.issued_at = max(history.issued_at, deployment.issued_at)
-        self._save_history(history)
 

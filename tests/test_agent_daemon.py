@@ -141,6 +141,22 @@ def test_malformed_messages_are_logged_and_ignored(device, broker_url, payload) 
     assert agent.alive()
 
 
+def test_a_failed_deployment_from_the_far_future_does_not_lock_out_later_ones(device, broker_url, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from edgefleet.agent.messages import Deployment
+    from edgefleet.deploy.push import describe_package, new_deployment_id
+
+    device_id, agent, watcher = device
+    _, ref = describe_package(make_package(tmp_path / "bogus.efpkg", signing_key[0], version="4.4"))
+    bogus = Deployment(deployment_id=new_deployment_id(), package=ref, profile="esp32-s3", issued_at=time.time() + 1e7)
+    publish(broker_url, topics.device_deploy(device_id), bogus.to_bytes())
+    assert _final_event(watcher, bogus.deployment_id)["phase"] == "failed"
+    # Only an applied deployment sets the floor for later ones; this one changed nothing.
+    deployment = _push(broker_url, device_id, make_package(tmp_path / "v45.efpkg", signing_key[0], version="4.5"))
+    assert _final_event(watcher, deployment)["phase"] == "done"
+
+
 def test_after_bad_input_the_agent_still_installs_a_good_package(device, broker_url, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
     device_id, agent, watcher = device
     deployment = _push(broker_url, device_id, make_package(tmp_path / "v5.efpkg", signing_key[0], version="5", scale=2.0))
