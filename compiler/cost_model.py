@@ -155,8 +155,13 @@ def estimate(
     *,
     runtime_quantization: bool = False,
     correction: float = 1.0,
+    decoded_weights: bool = False,
 ) -> Estimate:
-    """Latency (ms) and energy (mJ) of one inference of ``graph`` computed in ``number_format`` on ``profile``."""
+    """Latency (ms) and energy (mJ) of one inference of ``graph`` computed in ``number_format`` on ``profile``.
+
+    ``decoded_weights``: the weights are stored as lookup-table indices (TFLite Micro's DECODE) and
+    expanded into RAM at every inference, which reads the indices and writes every weight once more.
+    """
     ops_per_s = _throughput(profile, number_format) * 1e9
     bandwidth = profile.memory.bandwidth_gbps * 1e9
     call_us, op_us = _overheads(profile)
@@ -189,6 +194,10 @@ def estimate(
             compute += c
         else:
             memory += m
+    if decoded_weights:
+        decoded = sum(o.weight_elements for o in graph.ops) * _ELEMENT_BYTES.get(number_format, 4)
+        memory += 2 * decoded / bandwidth
+        moved += 2 * decoded
     seconds = (compute + memory + overhead) * correction
     return Estimate(
         latency_ms=seconds * 1e3,

@@ -134,6 +134,12 @@ class Candidate:
     def is_reference(self) -> bool:
         return self.scheme == REFERENCE
 
+    @property
+    def decodes_weights(self) -> bool:
+        """Whether its weights are stored as lookup-table indices, expanded at every inference (TFLM LUT)."""
+        final = self.config["pipeline"][-1] if "pipeline" in self.config else self.config
+        return bool(final.get("lut", False))
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -171,7 +177,8 @@ def check(
     problems: list[str] = []
     estimate = (
         cost_model.estimate(candidate.graph, profile, candidate.number_format,
-                            runtime_quantization=candidate.runtime_quantization, correction=correction)
+                            runtime_quantization=candidate.runtime_quantization, correction=correction,
+                            decoded_weights=candidate.decodes_weights)
         if candidate.graph is not None else None
     )
     c = candidate

@@ -181,7 +181,7 @@ def format_stages(runtime: Runtime, *, has_calibration: bool, search: bool,
     from edgefleet.compiler.tflm.candidates import TFLMInt8Config
 
     if runtime is Runtime.TFLM:
-        return [TFLMInt8Config()]
+        return [TFLMInt8Config(), TFLMInt8Config(lut=True)] if search else [TFLMInt8Config()]
     if runtime is Runtime.LITERT:
         configs = [c for c in legacy if isinstance(c, LiteRTConfig)] if not search else list(DEFAULT_LITERT_CANDIDATES)
         return [Fp32Config(), *configs]
@@ -378,10 +378,21 @@ class _Builder:
             return [Measured(by_scheme[s], runtime, _renamed(c.candidate, by_scheme[s], graph), c)
                     for s, c in made.items() if s in by_scheme]
         from edgefleet.compiler.tflm.candidates import tflm_candidate
+        from edgefleet.compiler.tflm.compression import compress_candidate
 
-        (p,) = points
-        c = tflm_candidate(fp32, model, self.loaded.inputs, data)
-        return [Measured(p, runtime, _renamed(c.candidate, p, graph), c)]
+        plain = tflm_candidate(fp32, model, self.loaded.inputs, data)
+        out = []
+        for p in points:
+            c = plain
+            if _is_lut(p):
+                if not any(step.scheme == "cluster" for step in p.steps):
+                    continue  # only clustered weights have few enough values per channel for a table
+                c = compress_candidate(plain, [plain.quantize_feed(f) for f in data.evaluation.feeds()])
+                if c is plain:
+                    skipped[p.name] = "no weight tensor has few enough distinct values per channel for a lookup table"
+                    continue
+            out.append(Measured(p, runtime, _renamed(c.candidate, p, graph), c))
+        return out
 
 
 def _candidate(r: PassResult, p: Point, graph: cost_model.GraphCost, *, modified: bool) -> Candidate:
@@ -420,7 +431,8 @@ class _Judge:
     def costs(self, c: Candidate, profile: HardwareProfile, size: float | None = None) -> tuple[float, float, float]:
         assert c.graph is not None
         e = cost_model.estimate(c.graph, profile, c.number_format, runtime_quantization=c.runtime_quantization,
-                                correction=cost_model.correction_for(profile.name, self.corrections))
+                                correction=cost_model.correction_for(profile.name, self.corrections),
+                                decoded_weights=c.decodes_weights)
         return e.latency_ms, e.energy_mj, float(c.size_bytes if size is None else size)
 
     def feasible(self, c: Candidate, profile: HardwareProfile, carried: frozenset[NumberFormat]) -> bool:
@@ -448,6 +460,10 @@ class _Judge:
                     lat, energy, size = self.costs(m.candidate, p)
                     best = min(best, {"latency": lat, "energy": energy, "size": size}.get(self.objective, lat))
         return best if best < math.inf else 1e12
+
+
+def _is_lut(p: Point) -> bool:
+    return bool(getattr(p.final, "lut", False))
 
 
 def _room(profile: HardwareProfile) -> float:
@@ -479,10 +495,14 @@ def _try(builder: _Builder, judge: _Judge, runtime: Runtime, steps: tuple[PassCo
     for s in stages:
         if Point(steps, s).name in got or Point(steps, s).name in skipped:
             continue  # measured (or refused) in an earlier trial
-        probe = Candidate(scheme="probe", config={}, number_format=s.number_format, runtime_quantization=s.runtime_quantization,
-                          modified=True, params=params, nonzero_params=params, size_bytes=0, ram_bytes=0,
-                          fidelity=Fidelity(0, False, ()), graph=graph)
+        lut = bool(getattr(s, "lut", False))
+        probe = Candidate(scheme="probe", config={"lut": lut}, number_format=s.number_format,
+                          runtime_quantization=s.runtime_quantization, modified=True, params=params, nonzero_params=params,
+                          size_bytes=0, ram_bytes=0, fidelity=Fidelity(0, False, ()), graph=graph)
         predicted = _predicted_size(probe)
+        clusters = next((int(getattr(c, "clusters", 0)) for c in steps if c.scheme == "cluster"), 0)
+        if lut and clusters > 1:
+            predicted *= math.ceil(math.log2(clusters)) / 8  # table indices instead of int8 weights
         room = max(_room(p) for p, _ in judge.served)
         if predicted > room:
             skipped[Point(steps, s).name] = (f"cannot fit before building: its weights alone take {predicted / 2**20:.2f} MiB, "

@@ -186,3 +186,22 @@ def test_measure_on_fleet_benchmarks_the_best_candidates_on_a_real_agent(digits_
     assert 1 <= len(measured) <= MEASURED_ON_FLEET and all(ms > 0 for ms in measured.values())
     assert result.choice in measured and measured[result.choice] == min(measured.values())
     assert "measured latency on the fleet" in result.plan.reason
+
+
+def test_a_microcontroller_short_of_flash_gets_lookup_table_weights_checked_in_tflm(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import edgefleet.hardware_profiles
+
+    nucleo = Path(edgefleet.hardware_profiles.__file__).parent / "nucleo-l4r5zi.yaml"
+    small = tmp_path / "tiny-mcu.yaml"  # the plain int8 model (27 KiB) does not fit its flash
+    small.write_text(nucleo.read_text().replace("name: nucleo-l4r5zi", "name: tiny-mcu").replace("  flash: 2 MiB", "  flash: 10 KiB"))
+    with pytest.raises(NoCandidateFits) as info:
+        compile_model(digits_mlp.onnx_path, [str(small)], out_dir=tmp_path / "out", key_path=signing_key[0],
+                      data=digits_mlp.validation_path, budget=Budget(max_drop=0.02), objective="latency",
+                      search=SearchOptions(time_budget_s=60))
+    (plan,) = info.value.plans
+    by_scheme = {v.candidate.scheme: v for v in plan.verdicts}
+    lut, plain = by_scheme["cluster(clusters=16)+tflm-int8(lut=True)"], by_scheme["tflm-int8"]
+    # Less flash for more RAM (weights are decoded into the arena) and more time (decoded every inference).
+    assert lut.candidate.size_bytes < plain.candidate.size_bytes and lut.candidate.ram_bytes > plain.candidate.ram_bytes
+    assert lut.estimate is not None and plain.estimate is not None and lut.estimate.latency_ms > plain.estimate.latency_ms
+    assert any("outputs equal to the uncompressed model's in TFLM" in n for n in lut.candidate.notes)

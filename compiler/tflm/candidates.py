@@ -50,6 +50,9 @@ class TFLMInt8Config(PassConfig):
     scheme: ClassVar[str] = "tflm-int8"
     number_format: ClassVar[NumberFormat] = NumberFormat.INT8
     max_calibration_samples: int = DEFAULT_MAX_CALIBRATION_SAMPLES
+    # Clustered weights kept as lookup-table indices in flash, decoded into the arena at each
+    # inference (``tflm.compression``): less flash for more RAM and some time.
+    lut: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "runtime": "tflm", "mode": "int8", "io": "int8", "tool": "ai-edge-quantizer"}
