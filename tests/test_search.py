@@ -205,3 +205,18 @@ def test_a_microcontroller_short_of_flash_gets_lookup_table_weights_checked_in_t
     assert lut.candidate.size_bytes < plain.candidate.size_bytes and lut.candidate.ram_bytes > plain.candidate.ram_bytes
     assert lut.estimate is not None and plain.estimate is not None and lut.estimate.latency_ms > plain.estimate.latency_ms
     assert any("outputs equal to the uncompressed model's in TFLM" in n for n in lut.candidate.notes)
+
+
+def test_the_fleet_evaluator_enrols_the_devices_the_store_last_saw_online(tmp_path: Path) -> None:
+    from edgefleet.agent.messages import DeviceState
+    from edgefleet.agent.transport import BrokerURL
+    from edgefleet.deploy.fleet_evaluator import FleetEvaluator
+    from edgefleet.deploy.store import TelemetryStore
+
+    with TelemetryStore(tmp_path / "fleet.db") as store:
+        for device, status, profile in [("pi-a", "online", "raspberry-pi-4"), ("pi-b", "offline", "raspberry-pi-4"),
+                                        ("pi-c", "online", "raspberry-pi-4"), ("phone", "online", "android-flagship")]:
+            store.record_state(DeviceState(device_id=device, status=status, profile=profile))
+        evaluator = FleetEvaluator.from_store(store, broker=BrokerURL.parse("mqtt://127.0.0.1:1883"))
+    assert {p: sorted(d) for p, d in evaluator.devices.items()} == {"raspberry-pi-4": ["pi-a", "pi-c"],
+                                                                    "android-flagship": ["phone"]}
