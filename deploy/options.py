@@ -2,8 +2,9 @@
 
 Every command that talks to devices takes the same ``--broker``, every command that reads the
 telemetry store the same ``--db``, and every command with machine-readable output the same
-``--json``; defining each once keeps their names, defaults and help identical. This is the only
-place that reads the environment (``EDGEFLEET_BROKER``, ``EDGEFLEET_HOME``).
+``--json``; defining each once keeps their names, defaults and help identical. ``open_store`` is
+how those commands open the store ``--db`` names. This is the only place that reads the
+environment (``EDGEFLEET_BROKER``, ``EDGEFLEET_HOME``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from edgefleet.agent.transport import DEFAULT_BROKER, BrokerURL
+from edgefleet.deploy.store import StoreError, TelemetryStore
 from edgefleet.deploy.store_backends import StoreLocation
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,3 +153,14 @@ def format_bytes(n: float) -> str:
         return f"{n:.0f} B"
     value, unit = (n / 1024, "KiB") if n < 1024**2 else (n / 1024**2, "MiB")
     return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+
+
+@contextmanager
+def open_store(db: Path | StoreLocation) -> Iterator[TelemetryStore]:
+    """The telemetry store at ``db``; a store that cannot be opened is a usage error saying why."""
+    try:
+        store = TelemetryStore(db)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    with store:
+        yield store

@@ -23,7 +23,7 @@ from edgefleet.agent.errors import TransportError
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.collector import Collector
 from edgefleet.deploy.devices_cli import parse_label_option
-from edgefleet.deploy.options import broker_option, db_option, json_option
+from edgefleet.deploy.options import broker_option, db_option, json_option, open_store
 from edgefleet.deploy.registry import humanize_age
 from edgefleet.deploy.rollout import (
     Gates,
@@ -41,7 +41,7 @@ from edgefleet.deploy.rollout_runner import (
     plan_rollout,
     request,
 )
-from edgefleet.deploy.store import StoreError, TelemetryStore
+from edgefleet.deploy.store import TelemetryStore
 from edgefleet.deploy.tables import Column, render_table
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -178,7 +178,7 @@ def start(ctx: click.Context, packages: tuple[Path, ...], group: str | None, pro
                       max_energy_regression=max_energy_regression)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with _open_store(db) as store, _collecting(broker, store):
+    with open_store(db) as store, _collecting(broker, store):
         try:
             target = Target(devices=devices, group=group, profile=profile, labels=labels)
             state, skipped = plan_rollout(store, packages, target,
@@ -207,7 +207,7 @@ def status(rollout_id: str | None, db: Path, as_json: bool) -> None:
     """
     if not db.exists():
         raise click.ClickException(f"{db}: no fleet database here; start a rollout first")
-    with _open_store(db) as store:
+    with open_store(db) as store:
         try:
             if rollout_id is not None:
                 state = load_state(store, rollout_id)
@@ -232,7 +232,7 @@ def pause(rollout_id: str, db: Path) -> None:
 
     The process running the rollout notices within a second, saves its state and exits.
     """
-    with _open_store(db) as store:
+    with open_store(db) as store:
         try:
             _, live = request(store, rollout_id, "pause")
         except RolloutError as exc:
@@ -256,7 +256,7 @@ def resume(ctx: click.Context, rollout_id: str, broker: BrokerURL, db: Path, as_
     (an agent that already installed it only benchmarks it); a wait between waves continues
     until its original end.
     """
-    with _open_store(db) as store:
+    with open_store(db) as store:
         try:
             current = load_state(store, rollout_id)
         except RolloutError as exc:
@@ -280,7 +280,7 @@ def abort(ctx: click.Context, rollout_id: str, broker: BrokerURL, db: Path, as_j
     If a process is running the rollout, it does the rollback; otherwise this command does, in
     the foreground, and exits 0 once every device it could roll back is rolled back.
     """
-    with _open_store(db) as store:
+    with open_store(db) as store:
         try:
             _, live = request(store, rollout_id, "abort")
         except RolloutError as exc:
@@ -294,16 +294,6 @@ def abort(ctx: click.Context, rollout_id: str, broker: BrokerURL, db: Path, as_j
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-@contextmanager
-def _open_store(db: Path) -> Iterator[TelemetryStore]:
-    try:
-        store = TelemetryStore(db)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    with store:
-        yield store
 
 
 @contextmanager

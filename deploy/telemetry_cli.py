@@ -13,7 +13,6 @@ import csv
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import IO
@@ -22,7 +21,7 @@ import click
 
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.collector import DEFAULT_SHARED_GROUP, Collector, CollectorStats
-from edgefleet.deploy.options import broker_option, db_option, json_option
+from edgefleet.deploy.options import broker_option, db_option, json_option, open_store
 from edgefleet.deploy.retention import parse_duration
 from edgefleet.deploy.store import BenchmarkRow, StoreError, TelemetryStore
 from edgefleet.deploy.store_backends import StoreLocation
@@ -58,16 +57,6 @@ def telemetry(ctx: click.Context, db: StoreLocation, as_json: bool) -> None:
         click.echo(EMPTY_HINT, err=True)
     else:
         click.echo(render_telemetry(records))
-
-
-@contextmanager
-def _open_store(db: StoreLocation) -> Iterator[TelemetryStore]:
-    try:
-        store = TelemetryStore(db)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    with store:
-        yield store
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -120,7 +109,7 @@ def prune(db: StoreLocation, older_than: float, downsample: float | None, as_jso
     """
     if not db.exists():
         raise click.ClickException(f"{db}: no telemetry database here")
-    with _open_store(db) as store:
+    with open_store(db) as store:
         result = store.prune_benchmarks(time.time() - older_than, bucket_seconds=downsample)
     if as_json:
         click.echo(json.dumps(asdict(result)))
@@ -150,7 +139,7 @@ def export(db: StoreLocation, fmt: str, since: float | None, device_id: str | No
     """
     if not db.exists():
         raise click.ClickException(f"{db}: no telemetry database here")
-    with _open_store(db) as store:
+    with open_store(db) as store:
         count = write_export(store.iter_benchmarks(since=since, device_id=device_id), output, fmt)
     click.echo(f"exported {count} benchmark reports", err=True)
 
