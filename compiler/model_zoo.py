@@ -40,10 +40,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from sklearn.neural_network import MLPClassifier
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +133,35 @@ def _sha256(path: Path) -> str:
 
 
 def _train_and_write(recipe: DigitsRecipe, paths: dict[str, Path]) -> float:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
 
-    from edgefleet.compiler import inference
+    x_train, x_test, y_train, y_test = _digits_split(recipe.test_size, recipe.random_state)
+    clf = MLPClassifier(hidden_layer_sizes=(recipe.hidden,), random_state=recipe.random_state, max_iter=recipe.max_iter)
+    clf.fit(x_train, y_train)
+    return _write_mlp(clf, "digits_mlp", f"digits MLP (hidden {recipe.hidden})", x_train, x_test, y_test,
+                      random_state=recipe.random_state, calibration_samples=recipe.calibration_samples, paths=paths)
+
+
+def _digits_split(test_size: float, random_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits scaled to 0..1, split stratified: x_train, x_test, y_train, y_test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixel values are 0..16
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=recipe.test_size, random_state=recipe.random_state, stratify=y
-    )
-    clf = MLPClassifier(hidden_layer_sizes=(recipe.hidden,), random_state=recipe.random_state, max_iter=recipe.max_iter)
-    clf.fit(x_train, y_train)
-    model = mlp_to_onnx(clf.coefs_, clf.intercepts_)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=random_state, stratify=y)
+    return x_train, x_test, y_train, y_test
 
+
+def _write_mlp(clf: MLPClassifier, name: str, what: str, x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+               random_state: int, calibration_samples: int, paths: dict[str, Path]) -> float:
+    """Write a fitted MLPClassifier as ONNX with its calibration and validation data; its held-out accuracy.
+
+    The ONNX graph must predict what scikit-learn predicts on every held-out digit, or nothing is written.
+    """
+    from edgefleet.compiler import inference
+
+    model = mlp_to_onnx(clf.coefs_, clf.intercepts_, name=name)
     outputs = inference.run_model(model, [{"input": row[None, :]} for row in x_test])[0]
     onnx_pred = outputs.reshape(len(x_test), -1).argmax(axis=1)
     sk_pred = clf.predict(x_test)
@@ -153,10 +171,10 @@ def _train_and_write(recipe: DigitsRecipe, paths: dict[str, Path]) -> float:
             "held-out digits: mlp_to_onnx does not compute what MLPClassifier computes"
         )
     accuracy = float(np.mean(onnx_pred == y_test))
-    log.info("digits MLP (hidden %d): held-out accuracy %.4f", recipe.hidden, accuracy)
+    log.info("%s: held-out accuracy %.4f", what, accuracy)
 
-    rng = np.random.default_rng(recipe.random_state)
-    calib = x_train[rng.permutation(len(x_train))[: recipe.calibration_samples]]
+    rng = np.random.default_rng(random_state)
+    calib = x_train[rng.permutation(len(x_train))[:calibration_samples]]
     onnx.save(model, paths["onnx"])
     np.savez(paths["calibration"], input=calib)
     np.savez(paths["validation"], input=x_test, labels=y_test.astype(np.int64))
@@ -509,35 +527,16 @@ def digits_mlp_3m(workdir: Path | str) -> ZooModel:
 def _train_wide_and_write(recipe: WideDigitsRecipe, paths: dict[str, Path]) -> float:
     import warnings
 
-    from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
 
-    from edgefleet.compiler import inference
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=recipe.test_size, random_state=recipe.random_state, stratify=y
-    )
+    x_train, x_test, y_train, y_test = _digits_split(recipe.test_size, recipe.random_state)
     clf = MLPClassifier(hidden_layer_sizes=recipe.hidden, random_state=recipe.random_state, max_iter=recipe.max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a few epochs fit the training set; more only cost time
         clf.fit(x_train, y_train)
-    model = mlp_to_onnx(clf.coefs_, clf.intercepts_, name="digits_mlp_wide")
-    outputs = inference.run_model(model, [{"input": row[None, :]} for row in x_test])[0]
-    onnx_pred = outputs.reshape(len(x_test), -1).argmax(axis=1)
-    if not np.array_equal(onnx_pred, clf.predict(x_test)):
-        raise RuntimeError("the wide digits MLP as ONNX disagrees with scikit-learn: mlp_to_onnx is wrong")
-    accuracy = float(np.mean(onnx_pred == y_test))
-    log.info("wide digits MLP %s: held-out accuracy %.4f", recipe.hidden, accuracy)
-    rng = np.random.default_rng(recipe.random_state)
-    calib = x_train[rng.permutation(len(x_train))[: recipe.calibration_samples]]
-    onnx.save(model, paths["onnx"])
-    np.savez(paths["calibration"], input=calib)
-    np.savez(paths["validation"], input=x_test, labels=y_test.astype(np.int64))
-    return accuracy
+    return _write_mlp(clf, "digits_mlp_wide", f"wide digits MLP {recipe.hidden}", x_train, x_test, y_test,
+                      random_state=recipe.random_state, calibration_samples=recipe.calibration_samples, paths=paths)
 
 
 @dataclass(frozen=True)
