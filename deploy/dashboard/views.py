@@ -48,6 +48,26 @@ def _figures(b: BenchmarkRow | None) -> dict[str, Any]:
     return {k: getattr(b, k) for k in keys} | {"benchmarked_at": b.ts}
 
 
+def _device_row(d: DeviceRow, current: BenchmarkRow | None, *, now: float) -> dict[str, Any]:
+    """A device as the fleet table and the device page show it, with its current figures."""
+    return {
+        "device": d.device_id,
+        "status": d.status,
+        "profile": d.profile,
+        "simulated": d.simulated,
+        "groups": list(d.groups),
+        "labels": dict(d.labels),
+        "package_id": d.package_id,
+        "model": _model(d),
+        "model_version": d.model_version,
+        "runtime": d.runtime,
+        "agent_version": d.agent_version,
+        "last_seen": d.last_seen,
+        "last_seen_ago": humanize_age(now - d.last_seen),
+        **_figures(current),
+    }
+
+
 def _model(d: DeviceRow) -> str | None:
     return f"{d.model_name}@{d.model_version}" if d.model_name else None
 
@@ -74,25 +94,7 @@ def fleet_view(store: TelemetryStore, *, now: float, where: DeviceFilter = EVERY
     page = page_of(len(matching), offset, limit)
     devices = matching[offset:offset + page["shown"]]
     current = current_benchmarks(devices, store.latest_benchmarks([d.device_id for d in devices]))
-    rows = [
-        {
-            "device": d.device_id,
-            "status": d.status,
-            "profile": d.profile,
-            "simulated": d.simulated,
-            "groups": list(d.groups),
-            "labels": dict(d.labels),
-            "package_id": d.package_id,
-            "model": _model(d),
-            "model_version": d.model_version,
-            "runtime": d.runtime,
-            "agent_version": d.agent_version,
-            "last_seen": d.last_seen,
-            "last_seen_ago": humanize_age(now - d.last_seen),
-            **_figures(current.get(d.device_id)),
-        }
-        for d in devices
-    ]
+    rows = [_device_row(d, current.get(d.device_id), now=now) for d in devices]
     return {
         "now": now,
         "devices": rows,
@@ -117,22 +119,7 @@ def device_view(store: TelemetryStore, device_id: str, *, now: float) -> dict[st
     current = current_benchmarks([d], list(newest.values()))
     return {
         "now": now,
-        "device": {
-            "device": d.device_id,
-            "status": d.status,
-            "profile": d.profile,
-            "simulated": d.simulated,
-            "groups": list(d.groups),
-            "labels": dict(d.labels),
-            "package_id": d.package_id,
-            "model": _model(d),
-            "runtime": d.runtime,
-            "runtimes": dict(d.runtimes),
-            "agent_version": d.agent_version,
-            "last_seen": d.last_seen,
-            "last_seen_ago": humanize_age(now - d.last_seen),
-            **_figures(current.get(d.device_id)),
-        },
+        "device": {**_device_row(d, current.get(d.device_id), now=now), "runtimes": dict(d.runtimes)},
         "series": [
             {
                 "ts": b.ts,
