@@ -233,7 +233,15 @@ class Rig:
 
     def install(self, package: Path) -> dict:  # type: ignore[type-arg]
         """Push and wait for the outcome event."""
-        return self.observer.wait_event(self.deploy(package).deployment_id)
+        return self.wait_event(self.deploy(package).deployment_id)
+
+    def install_first_and_stop(self) -> dict:  # type: ignore[type-arg]
+        """v1 installed by an agent that is then stopped, for scenarios that start the agents they kill."""
+        agent = self.start_agent()
+        first = self.install(self.package("1"))
+        self.stop_agent(agent)
+        self.agents.remove(agent)
+        return first
 
     def have_chunks(self, ref: PackageRef) -> int:
         try:
@@ -407,10 +415,7 @@ def sigkill_during_install(lab: Lab, run: int = 0) -> Outcome:
     """SIGKILL at one of the download/install points; a complete model is served, a restart finishes."""
     point = INSTALL_POINTS[run % len(INSTALL_POINTS)]
     with Rig(lab, "kill-install") as rig:
-        agent = rig.start_agent()
-        first = rig.install(rig.package("1"))
-        rig.stop_agent(agent)
-        rig.agents.remove(agent)
+        first = rig.install_first_and_stop()
         v2 = rig.package("2", scale=3.0)
         killer = threading.Thread(target=lambda: rig.deploy(v2, chunk_size=256))
         died = _crash_while(rig, point, killer)
@@ -466,10 +471,7 @@ def sigkill_during_crash_loop_rollback(lab: Lab, run: int = 0) -> Outcome:
     previous model. After a restart it serves a complete model, finishes the rollback, reports it."""
     point = CRASH_LOOP_ROLLBACK_POINTS[run % len(CRASH_LOOP_ROLLBACK_POINTS)]
     with Rig(lab, "kill-rollback") as rig:
-        agent = rig.start_agent()
-        first = rig.install(rig.package("1"))
-        rig.stop_agent(agent)
-        rig.agents.remove(agent)
+        first = rig.install_first_and_stop()
         deployment = rig.deploy(rig.package("2", scale=3.0))
         # v2 "crashes the runtime" each time it is benchmarked, as a model with a bad kernel would.
         crashes = sum(_crash(rig, "benchmarking") for _ in range(3))
@@ -491,10 +493,7 @@ def sigkill_during_failed_install_rollback(lab: Lab, run: int = 0) -> Outcome:
     it still serves the old model and reports the deployment failed."""
     point = FAILED_TEST_ROLLBACK_POINTS[run % len(FAILED_TEST_ROLLBACK_POINTS)]
     with Rig(lab, "kill-discard") as rig:
-        agent = rig.start_agent()
-        first = rig.install(rig.package("1"))
-        rig.stop_agent(agent)
-        rig.agents.remove(agent)
+        first = rig.install_first_and_stop()
         bad = rig.package("2", expected_shift=1.0)
         died = _crash_while(rig, point, threading.Thread(target=lambda: rig.deploy(bad)))
         right_after = serving(rig.data)
