@@ -1,6 +1,6 @@
 """Converter and quantization benchmark: where int8 TFLite bytes go, and LiteRT next to onnxruntime, fp32 and int8.
 
-    nice .venv/bin/python bench/convert_bench.py [--runs 100] [--sections size,latency] [--workdir DIR]
+    nice .venv/bin/python bench/convert_bench.py [--runs 100] [--sections size,latency] [--models mobilenetv2,resnet18] [--workdir DIR]
 
 Three sections (``--sections``), printed as Markdown tables:
 
@@ -11,12 +11,14 @@ Three sections (``--sections``), printed as Markdown tables:
   per-channel scales + int64 zero points, names, and the rest of the flatbuffer (tables, shapes,
   op codes, signature, alignment). Sizes do not depend on the calibration data, so the random-weight
   nets calibrate on 16 random inputs.
-- ``latency``: per conv net, five variants side by side in one process: LiteRT (XNNPACK, 1 thread)
-  fp32 and int8, onnxruntime (CPU, 1 thread) fp32, edgefleet's ``int8-static`` pass (QDQ,
-  per-channel weights) and ``quantize_static`` with onnxruntime's defaults (per-tensor weights) on
-  the same calibration samples. Runs are interleaved (each round runs every variant once, in a
-  rotating order) so load on the shared machine hits all variants alike; the median of ``--runs``
-  rounds after warm-up is reported. Fidelity (top-1 agreement, SQNR) is against the fp32 ONNX model
+- ``latency``: per conv net, five variants side by side in one process: LiteRT (XNNPACK) fp32 and
+  int8, onnxruntime (CPU) fp32, edgefleet's ``int8-static`` pass (QDQ, per-channel weights) and
+  ``quantize_static`` with onnxruntime's defaults (per-tensor weights) on the same calibration
+  samples, each on 1 and on 2 threads. Runs are interleaved (each round runs every variant once, in
+  a rotating order) so load on the shared machine hits all variants alike; the median of ``--runs``
+  rounds after warm-up is reported (at most ``BIG_NET_RUNS`` for the full-size 224x224 MobileNetV2
+  and ResNet-18, whose rounds take seconds). "vs fp32" is the median over rounds of a variant's
+  time over the fp32 time of its runtime in the same round. Fidelity (top-1 agreement, SQNR) is against the fp32 ONNX model
   on held-out inputs: 450 held-out digits for the digits nets, 32 other random inputs otherwise.
   The digits CNN's rows also give accuracy on the labels.
 - ``kernels``: LiteRT fp32 and int8 of single conv layers (3x3, 1x1, depthwise) at 16 to 256
@@ -52,6 +54,7 @@ from edgefleet.compiler.tflite.quantize import quantize
 WARMUP = 10
 RANDOM_CALIBRATION = 16
 RANDOM_HELD_OUT = 32
+BIG_NET_RUNS = 20
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Subject:
     calib: calibration.Dataset
     held_out: calibration.Dataset
     input_shapes: dict[str, list[int]] | None = None
+    max_runs: int | None = None
+    """Fewer timed rounds than ``--runs`` for the 224x224 nets, whose rounds take seconds."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Variant:
     run: Callable[[Feed], np.ndarray]
     """One inference: feed in, first output out (a view; copy to keep)."""
     made: str
+    run_2_threads: Callable[[Feed], np.ndarray] | None = None
 
 
 def _digits(make: Callable[[Path], model_zoo.ZooModel], workdir: Path) -> Subject:
@@ -82,10 +88,11 @@ def _digits(make: Callable[[Path], model_zoo.ZooModel], workdir: Path) -> Subjec
                    calibration.load_dataset(zoo.validation_path, specs))
 
 
-def _random(name: str, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Subject:
+def _random(name: str, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+            max_runs: int | None = None) -> Subject:
     specs = convert(model, input_shapes=input_shapes).inputs
     return Subject(name, model, calibration.synthetic(specs, count=RANDOM_CALIBRATION, seed=0),
-                   calibration.synthetic(specs, count=RANDOM_HELD_OUT, seed=1), input_shapes)
+                   calibration.synthetic(specs, count=RANDOM_HELD_OUT, seed=1), input_shapes, max_runs)
 
 
 def _ppocr(name: str) -> Subject:
@@ -94,8 +101,8 @@ def _ppocr(name: str) -> Subject:
     return _random(name, model, {model.graph.input[0].name: shape})
 
 
-def _litert(data: bytes) -> Callable[[Feed], np.ndarray]:
-    it = Interpreter(model_content=data, num_threads=1)
+def _litert(data: bytes, threads: int = 1) -> Callable[[Feed], np.ndarray]:
+    it = Interpreter(model_content=data, num_threads=threads)
     it.allocate_tensors()
     (inp,) = it.get_input_details()
     out = it.get_output_details()[0]
@@ -109,9 +116,9 @@ def _litert(data: bytes) -> Callable[[Feed], np.ndarray]:
     return run
 
 
-def _ort(model: onnx.ModelProto) -> Callable[[Feed], np.ndarray]:
+def _ort(model: onnx.ModelProto, threads: int = 1) -> Callable[[Feed], np.ndarray]:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return lambda feed: session.run(None, dict(feed))[0]
@@ -147,19 +154,24 @@ def _variants(s: Subject) -> list[Variant]:
     defaults, t_def = _timed(lambda: _ort_defaults(s.model, s.calib))
     return [
         Variant("LiteRT fp32 (edgefleet convert)", len(converted.tflite_bytes), _litert(converted.tflite_bytes),
-                f"convert {1000 * t_convert:.0f} ms"),
+                f"convert {1000 * t_convert:.0f} ms", _litert(converted.tflite_bytes, 2)),
         Variant("LiteRT int8 (ai-edge-quantizer static_wi8_ai8)", q.size_bytes, _litert(q.tflite_bytes),
-                f"+ quantize {1000 * t_quant:.0f} ms"),
-        Variant("onnxruntime fp32", s.model.ByteSize(), _ort(s.model), "-"),
+                f"+ quantize {1000 * t_quant:.0f} ms", _litert(q.tflite_bytes, 2)),
+        Variant("onnxruntime fp32", s.model.ByteSize(), _ort(s.model), "-", _ort(s.model, 2)),
         Variant("onnxruntime int8, edgefleet int8-static (QDQ, per-channel)", ours.ByteSize(), _ort(ours),
-                f"quantize {1000 * t_ours:.0f} ms"),
+                f"quantize {1000 * t_ours:.0f} ms", _ort(ours, 2)),
         Variant("onnxruntime int8, quantize_static defaults (QDQ, per-tensor)", defaults.ByteSize(), _ort(defaults),
-                f"quantize {1000 * t_def:.0f} ms"),
+                f"quantize {1000 * t_def:.0f} ms", _ort(defaults, 2)),
     ]
 
 
 def _interleaved(variants: list[Variant], feed: Feed, runs: int) -> list[float]:
     """Median milliseconds of one inference per variant, rounds interleaved in a rotating order."""
+    return [statistics.median(t) / 1e6 for t in _rounds(variants, feed, runs)]
+
+
+def _rounds(variants: list[Variant], feed: Feed, runs: int) -> list[list[int]]:
+    """Nanoseconds of each variant's run in each round (``[variant][round]``), rounds interleaved in a rotating order."""
     for v in variants:
         for _ in range(WARMUP):
             v.run(feed)
@@ -170,30 +182,45 @@ def _interleaved(variants: list[Variant], feed: Feed, runs: int) -> list[float]:
             start = time.perf_counter_ns()
             variants[i].run(feed)
             times[i].append(time.perf_counter_ns() - start)
-    return [statistics.median(t) / 1e6 for t in times]
+    return times
+
+
+def _paired(times: list[int], base: list[int]) -> float:
+    """Median over rounds of ``times / base`` in the same round.
+
+    Steadier than a ratio of medians when the shared machine's load changes during the run: both
+    runs of a round see about the same load."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def latency_table(s: Subject, runs: int) -> list[str]:
+    """The five variants' fidelity and latency; 1-thread and 2-thread runs of every variant share the interleaved rounds."""
     variants = _variants(s)
     feeds = list(s.held_out.feeds())
     reference = inference.run_model(s.model, feeds)[0]
-    medians = _interleaved(variants, feeds[0], runs)
+    runs = min(runs, s.max_runs or runs)
+    two = [Variant(v.name, v.size, v.run_2_threads, v.made) for v in variants if v.run_2_threads is not None]
+    times = _rounds(variants + two, feeds[0], runs)
+    one_thread, two_threads = times[: len(variants)], times[len(variants) :]
     shape = list(next(iter(s.held_out.arrays.values())).shape[1:])
     data = f"{len(feeds)} held-out digits" if s.held_out.labels is not None else f"{len(feeds)} random inputs"
     lines = [
-        f"#### {s.name}, input {shape} ({data}, {len(s.calib)} calibration samples; median of {runs} interleaved runs, 1 thread)",
+        f"#### {s.name}, input {shape} ({data}, {len(s.calib)} calibration samples; median of {runs} interleaved runs)",
         "",
-        "| variant | size (bytes) | top-1 agreement | SQNR dB | accuracy | latency (µs) | vs fp32, same runtime | time to make |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| variant | size (bytes) | top-1 agreement | SQNR dB | accuracy | latency, 1 thread (µs) | vs fp32, same runtime | "
+         "latency, 2 threads (µs) | vs fp32, same runtime | time to make |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, (v, ms) in enumerate(zip(variants, medians, strict=True)):
+    for i, (v, t1, t2) in enumerate(zip(variants, one_thread, two_threads, strict=True)):
         out = np.stack([v.run(f).copy() for f in feeds]).astype(np.float32)
         f = fidelity.compare(["y"], [reference], [out], labels=s.held_out.labels)
-        base = medians[0] if i < 2 else medians[2]
+        base = 0 if i < 2 else 2
         top1 = "-" if f.top1_agreement is None else f"{100 * f.top1_agreement:.2f}%"
         accuracy = "-" if f.accuracy is None else f"{100 * f.accuracy:.2f}%"
         sqnr = "exact" if f.sqnr_db is None else f"{f.sqnr_db:.1f}"
-        lines.append(f"| {v.name} | {v.size:,} | {top1} | {sqnr} | {accuracy} | {1000 * ms:,.0f} | {ms / base:.2f}x | {v.made} |")
+        lines.append(f"| {v.name} | {v.size:,} | {top1} | {sqnr} | {accuracy} | {statistics.median(t1) / 1e3:,.0f} | "
+                     f"{_paired(t1, one_thread[base]):.2f}x | {statistics.median(t2) / 1e3:,.0f} | "
+                     f"{_paired(t2, two_threads[base]):.2f}x | {v.made} |")
     return lines
 
 
@@ -216,14 +243,21 @@ SIZE_HEADER = [
 ]
 
 
-def subjects(section: str, workdir: Path) -> list[Subject]:
+def subjects(section: str, workdir: Path, models: list[str] | None = None) -> list[Subject]:
+    """The section's models, or those whose name's first word is in ``models``."""
+    return [s for s in _all_subjects(section, workdir) if not models or s.name.split()[0] in models]
+
+
+def _all_subjects(section: str, workdir: Path) -> list[Subject]:
     digits = [_digits(model_zoo.digits_mlp, workdir), _digits(model_zoo.digits_cnn, workdir)]
     if section == "latency":
         return [*digits[1:],
                 _random("mobilenetv2_block (size 128, width 32)", model_zoo.mobilenetv2_block(0, size=128, width=32)),
                 _random("resnet_block (size 96, width 64)", model_zoo.resnet_block(0, size=96, width=64)),
                 _random("yolo_detector (size 256)", model_zoo.yolo_detector(0, size=256)),
-                _random("ds_cnn", model_zoo.ds_cnn(0))]
+                _random("ds_cnn", model_zoo.ds_cnn(0)),
+                _random("mobilenetv2 (width 1.0, size 224)", model_zoo.mobilenetv2(0), max_runs=BIG_NET_RUNS),
+                _random("resnet18 (size 224)", model_zoo.resnet18(0), max_runs=BIG_NET_RUNS)]
     return [*digits, _digits(model_zoo.digits_mlp_wide, workdir),
             _random("mobilenetv2_block", model_zoo.mobilenetv2_block(0)),
             _random("mobilenetv2_block (width 64)", model_zoo.mobilenetv2_block(0, width=64)),
@@ -231,6 +265,7 @@ def subjects(section: str, workdir: Path) -> list[Subject]:
             _random("resnet_block (width 64, ResNet-18's first stage)", model_zoo.resnet_block(0, width=64)),
             _random("resnet_block (width 128)", model_zoo.resnet_block(0, width=128)),
             _random("ds_cnn", model_zoo.ds_cnn(0)), _random("yolo_detector", model_zoo.yolo_detector(0)),
+            _random("mobilenetv2 (width 1.0, size 224)", model_zoo.mobilenetv2(0)), _random("resnet18 (size 224)", model_zoo.resnet18(0)),
             *(_ppocr(name) for name in model_zoo.RAPIDOCR_MODELS)]
 
 
@@ -279,23 +314,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=100, help="interleaved timed rounds per model (median reported)")
     parser.add_argument("--sections", default="size,kernels,latency", help="comma-separated: size, kernels, latency")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-bench")
+    parser.add_argument("--models", default="", help="comma-separated model names as the tables start them (e.g. "
+                        "mobilenetv2,resnet18): only these in the size and latency sections; all by default")
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns about pre-processing on every call
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs (nproc), {_cpu_model()}; "
           f"ai-edge-litert {md.version('ai-edge-litert')}, ai-edge-quantizer {md.version('ai-edge-quantizer')}, "
           f"onnxruntime {ort.__version__}")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     if "size" in sections:
         print("\n### Full-integer int8 TFLite: file size and where the bytes go\n")
         print("\n".join(SIZE_HEADER))
-        for s in subjects("size", args.workdir):
+        for s in subjects("size", args.workdir, models):
             print(size_rows(s), flush=True)
     if "kernels" in sections:
         print("\n### LiteRT int8 vs fp32 per conv layer (XNNPACK, 1 thread)\n")
         print("\n".join(kernel_rows(args.runs)))
     if "latency" in sections:
         print("\n### Latency side by side: LiteRT and onnxruntime, fp32 and int8\n")
-        for s in subjects("latency", args.workdir):
+        for s in subjects("latency", args.workdir, models):
             print("\n".join(latency_table(s, args.runs)) + "\n", flush=True)
     return 0
 

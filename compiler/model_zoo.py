@@ -20,7 +20,9 @@ only the structure matters: a MobileNetV2-style net (depthwise conv, BatchNormal
 residual Add), a ResNet-style net (basic blocks, a strided 1x1 shortcut) and a DS-CNN keyword
 spotter (asymmetric-padded strided stem on 49x10 MFCCs, depthwise-separable blocks, average pool).
 ``yolo_detector`` is a random-weight YOLOv5-style detector (SiLU, Resize + Concat neck, box
-decoding, exporter-style shape arithmetic), and ``rapidocr_model`` finds the real PP-OCR models
+decoding, exporter-style shape arithmetic), ``mobilenetv2`` and ``resnet18`` are the full-size
+ImageNet nets at 224x224 (random weights, no BatchNormalization, 1000 logits) for latency at
+deployed widths, and ``rapidocr_model`` finds the real PP-OCR models
 that the ``rapidocr-onnxruntime`` wheel ships; together they are the converter's model set
 (tests/test_convert_modelset.py).
 
@@ -476,6 +478,87 @@ def ds_cnn(seed: int = 0) -> onnx.ModelProto:
         x = g.node("Relu", [g.bn(g.conv(x, 64, 64, 3, group=64), 64)])
         x = g.node("Relu", [g.bn(g.conv(x, 64, 64, 1, pads=[0, 0, 0, 0]), 64)])
     return g.model("ds_cnn", [1, 1, 49, 10], g.head(x, 64, 12, pool="AveragePool", kernel_shape=[25, 5]), [1, 12])
+
+
+MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+"""MobileNetV2's inverted-residual stages (Sandler et al., 2018, table 2): (expansion, output channels, repeats, first stride)."""
+
+
+def _he_conv(g: _GraphMaker, x: str, cin: int, cout: int, k: int, *, stride: int = 1, group: int = 1,
+             gain: float = 1.0, bias: bool = True) -> str:
+    """A Conv with He-scaled random weights times ``gain`` and a small random bias, for nets without BatchNormalization.
+
+    With no BatchNormalization to re-centre them, only the weights' scale keeps activations near unit
+    scale through 50 layers: He init for a Conv + ReLU, ``gain`` below 1 for a linear branch that an
+    Add sums with the shortcut. Exploding or vanishing activations would make an int8 graph of the net
+    unrepresentative (its SQNR meaningless)."""
+    w = g.rng.standard_normal((cout, cin // group, k, k)) * gain * np.sqrt(2 / (k * k * cin // group))
+    inputs = [x, g.const("w", w)] + ([g.const("b", g.rng.standard_normal(cout) * 0.1)] if bias else [])
+    return g.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], group=group, pads=[k // 2] * 4)
+
+
+def _logits_model(g: _GraphMaker, name: str, size: int, logits: str) -> onnx.ModelProto:
+    """The graph as a model from ``input`` [1, 3, size, size] to ``logits`` [1, 1000], no Softmax, as torchvision exports it.
+
+    Logits rather than probabilities also keep int8 fidelity measurable: a random net's 1000
+    probabilities are all near 1/1000, below the 1/256 step of an int8 SOFTMAX output."""
+    (last,) = [n for n in g.nodes if n.output[0] == logits]
+    last.output[0] = "logits"
+    graph = helper.make_graph(
+        g.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], g.inits,
+    )
+    return _finish(graph)
+
+
+def mobilenetv2(seed: int = 0, size: int = 224) -> onnx.ModelProto:
+    """Full-size MobileNetV2 (width 1.0, 3.5 M parameters) on [1, 3, size, size] with random weights and no BatchNormalization.
+
+    Stem 3x3/2 (32) + ReLU6, the 17 inverted residuals of ``MOBILENETV2_BLOCKS`` (1x1 expand + ReLU6,
+    3x3 depthwise + ReLU6, linear 1x1 project, Add when stride 1 and the width is kept), 1x1 to 1280 +
+    ReLU6, global average pool, 1000 logits: the layer shapes of the deployed net, for latency and
+    size benchmarks. BatchNorm is folded away as exporters do. The linear projections get ``gain``
+    0.7 (about unit gain, with no ReLU after them), 0.5 on residual branches so that the 10 residual
+    Adds do not double the activations' variance each time.
+    """
+    g = _GraphMaker(seed)
+    x = g.relu6(_he_conv(g, "input", 3, 32, 3, stride=2))
+    cin = 32
+    for t, c, n, s in MOBILENETV2_BLOCKS:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            h = g.relu6(_he_conv(g, x, cin, hidden, 1)) if t != 1 else x
+            h = g.relu6(_he_conv(g, h, hidden, hidden, 3, stride=stride, group=hidden))
+            residual = stride == 1 and cin == c
+            h = _he_conv(g, h, hidden, c, 1, gain=0.5 if residual else 0.7)
+            x = g.node("Add", [x, h]) if residual else h
+            cin = c
+    x = g.relu6(_he_conv(g, x, cin, 1280, 1))
+    return _logits_model(g, "mobilenetv2", size, g.head(x, 1280, 1000))
+
+
+def resnet18(seed: int = 0, size: int = 224) -> onnx.ModelProto:
+    """Full-size ResNet-18 (11.7 M parameters) on [1, 3, size, size] with random weights and no BatchNormalization.
+
+    Stem 7x7/2 (64) + Relu + MaxPool 3x3/2, four stages of two basic blocks (64, 128, 256, 512
+    channels; the first block of stages 2-4 strided, with a 1x1 strided shortcut), global average
+    pool, 1000 logits. The second conv of each block is scaled down (``gain`` 0.5) so the residual
+    Adds keep the activations' scale.
+    """
+    g = _GraphMaker(seed)
+    x = g.node("Relu", [_he_conv(g, "input", 3, 64, 7, stride=2)])
+    x = g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for c, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for i in range(2):
+            stride = s if i == 0 else 1
+            h = g.node("Relu", [_he_conv(g, x, cin, c, 3, stride=stride)])
+            h = _he_conv(g, h, c, c, 3, gain=0.5)
+            shortcut = x if stride == 1 and cin == c else _he_conv(g, x, cin, c, 1, stride=stride, gain=0.7, bias=False)
+            x = g.node("Relu", [g.node("Add", [h, shortcut])])
+            cin = c
+    return _logits_model(g, "resnet18", size, g.head(x, 512, 1000))
 
 
 ARCHITECTURES = {"mobilenetv2_block": mobilenetv2_block, "resnet_block": resnet_block, "ds_cnn": ds_cnn}

@@ -1,7 +1,8 @@
 """The converter's model set: every model converts and its fp32 TFLite output matches onnxruntime.
 
 The set: the trained digits MLP and CNN, random-weight MobileNetV2-, ResNet- and DS-CNN-style nets,
-a small YOLO-style detector (``model_zoo.yolo_detector``), and three real PP-OCR models shipped in
+a small YOLO-style detector (``model_zoo.yolo_detector``), full-size MobileNetV2 and ResNet-18 at
+224x224 (random weights), and three real PP-OCR models shipped in
 the ``rapidocr-onnxruntime`` wheel. The worst relative error per model (``verify.compare``: max
 ``|tflite - onnx|`` over max ``|onnx|``) is printed; docs/converter.md records it.
 
@@ -74,6 +75,8 @@ MODELS: dict[str, Callable[[Path], Case]] = {
     "digits_cnn": lambda d: _digits(model_zoo.digits_cnn(d / "cnn")),
     **{name: (lambda d, build=build: (build(0), None, None)) for name, build in model_zoo.ARCHITECTURES.items()},
     "yolo_detector": lambda d: (model_zoo.yolo_detector(0), None, None),
+    "mobilenetv2": lambda d: (model_zoo.mobilenetv2(0), None, None),
+    "resnet18": lambda d: (model_zoo.resnet18(0), None, None),
     **{name: (lambda d, name=name: _rapidocr(name)) for name in model_zoo.RAPIDOCR_MODELS},
 }
 

@@ -8,6 +8,8 @@ Which library does what, and why:
 - ``ai-edge-quantizer`` (``ai_edge_quantizer.Quantizer``) does every mode. It reads and writes the
   flatbuffer itself, without TensorFlow, and it has its own calibrator: it runs the float model in
   LiteRT's Python ``Interpreter`` over the calibration samples and records each tensor's min/max.
+  We take the min and max over all samples, not the calibrator's default moving average of them
+  (``_calibrate`` says why).
   ``ai-edge-litert`` only provides that Interpreter (and the schema bindings); its own
   post-training calibrator (``tensorflow.lite.python.optimize.calibrator``) is TensorFlow's and
   is not in the LiteRT wheel, so we do not use it.
@@ -184,11 +186,33 @@ def _run_quantizer(float_tflite: bytes, recipe: Any, feeds: Sequence[Feed]) -> b
     with warnings.catch_warnings():
         # The calibrator keeps every intermediate tensor to record its range, on purpose; LiteRT warns about it.
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        # A padded MaxPool's PADV2 fill is the lowest float32; dividing it by the scale overflows to
+        # -inf, which the quantizer then clamps to -128, the int8 lowest value, as intended.
+        warnings.filterwarnings("ignore", message="overflow encountered in divide", category=RuntimeWarning)
         q = quantizer.Quantizer(bytearray(float_tflite), recipe)
-        calibration_result = None
-        if q.need_calibration:
-            calibration_result = q.calibrate({SIGNATURE: [dict(f) for f in feeds]})
+        calibration_result = _calibrate(float_tflite, recipe, feeds) if q.need_calibration else None
         return bytes(q.quantize(calibration_result, enable_progress_report=False).quantized_model)
+
+
+def _calibrate(float_tflite: bytes, recipe: Any, feeds: Sequence[Feed]) -> dict[str, Any]:
+    """Each activation's range as the min and max over every calibration sample.
+
+    ``Quantizer.calibrate`` instead keeps a moving average of the per-sample min/max (smoothing
+    0.95: with 16 samples the first one weighs 46%), so a range ends near a typical sample's
+    extremes and larger values are clipped. On the DS-CNN those ranges were 1.27x (median; up to
+    1.53x) narrower than the calibration set's extremes, and 13.5% of held-out logits were clipped:
+    19.6 dB SQNR, against 32.0 dB with the min/max over all samples, which is what onnxruntime's
+    MinMax calibrator and TensorFlow's converter use. ``Quantizer.calibrate`` takes no update
+    function, so its calibrator is driven here the same way with ``min_max_update``.
+    """
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe)
+    calib = calibrator.Calibrator(float_tflite, qsv_update_func=qsv_utils.min_max_update)
+    calib.calibrate({SIGNATURE: [dict(f) for f in feeds]}, manager)
+    return calib.get_model_qsvs()
 
 
 def evaluate(

@@ -83,7 +83,9 @@ def _pad_nhwc(ctx: Context, x: int, pads: list[int], name: str, value: float = 0
     if value == 0.0:
         ctx.graph.op(OP.PAD, [x, ctx.graph.constant("paddings", paddings)], [out], schema.PadOptionsT())
     else:
-        fill = ctx.graph.constant("pad_value", np.array(value, np.float32))
+        # One element shaped [1, 1, 1, 1], not a scalar: PADV2 takes either, but ai-edge-quantizer (0.10)
+        # quantizes the fill with the output's rank-4 scale and fails on a scalar fill.
+        fill = ctx.graph.constant("pad_value", np.full((1, 1, 1, 1), value, np.float32))
         ctx.graph.op(OP.PADV2, [x, ctx.graph.constant("paddings", paddings), fill], [out], schema.PadV2OptionsT())
     return out
 
