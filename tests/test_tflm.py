@@ -23,6 +23,7 @@ from edgefleet.compiler.errors import NoCandidateFits
 from edgefleet.compiler.tflite.verify import run_tflite
 from edgefleet.compiler.tflm import c_source, micro
 from edgefleet.compiler.tflm.candidates import (
+    MAX_SOFTMAX_STEPS_FROM_LITERT,
     MAX_STEPS_FROM_LITERT,
     dequantize_array,
     quantize_array,
@@ -68,7 +69,7 @@ def test_packages_verify_and_carry_int8_io_with_its_quantization(packages: dict[
             assert spec.quantization is not None and spec.quantization.scale[0] > 0
 
 
-def test_tflm_outputs_match_litert_int8_within_one_step(packages: dict[tuple[str, str], CompileResult]) -> None:
+def test_tflm_outputs_match_litert_int8_within_the_allowed_steps(packages: dict[tuple[str, str], CompileResult]) -> None:
     for result in packages.values():
         files = members(result.package_path)
         inputs, expected = load_test_vectors(files["test_vectors.npz"])
@@ -80,8 +81,9 @@ def test_tflm_outputs_match_litert_int8_within_one_step(packages: dict[tuple[str
             np.testing.assert_array_equal(rerun[0][i], outs[0])
         litert = run_tflite(model, inputs)[result.manifest.outputs[0].name]
         steps = np.abs(rerun[0].astype(np.int32) - litert.astype(np.int32)).max()
-        assert steps <= MAX_STEPS_FROM_LITERT
-        assert result.manifest.metrics["tflm_max_steps_from_litert"] <= MAX_STEPS_FROM_LITERT
+        # The digits models end in a Softmax, which the two runtimes compute by different algorithms.
+        assert steps <= MAX_SOFTMAX_STEPS_FROM_LITERT
+        assert steps <= result.manifest.metrics["tflm_max_steps_from_litert"] <= MAX_SOFTMAX_STEPS_FROM_LITERT
 
 
 def test_arena_and_flash_are_recorded_and_fit_the_profile(packages: dict[tuple[str, str], CompileResult]) -> None:
@@ -201,8 +203,9 @@ def test_c_source_round_trips_any_bytes() -> None:
 
 
 def test_constants_written_after_the_flatbuffer_are_moved_back_in_for_tflm() -> None:
+    from ai_edge_quantizer import quantizer, recipe
+
     from edgefleet.compiler.tflite import convert
-    from edgefleet.compiler.tflite.quantize import quantize
     from edgefleet.compiler.tflm.flatbuffer import has_offset_buffers, inline_buffers
 
     # 64 x 4096 int8 weights: over the 256 KiB at which ai-edge-quantizer stores buffers by offset.
@@ -214,7 +217,9 @@ def test_constants_written_after_the_flatbuffer_are_moved_back_in_for_tflm() -> 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     calibration = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(8)]
-    quantized = quantize(convert(model).tflite_bytes, "int8", calibration=calibration, float_io=False).tflite_bytes
+    # ai-edge-quantizer's own file (tflite.quantize repacks it with every buffer inline).
+    q = quantizer.Quantizer(bytearray(convert(model).tflite_bytes), recipe.static_wi8_ai8())
+    quantized = bytes(q.quantize(q.calibrate({"serving_default": calibration})).quantized_model)
     assert has_offset_buffers(quantized)
     inlined = inline_buffers(quantized)
     assert not has_offset_buffers(inlined) and inline_buffers(inlined) == inlined
@@ -223,3 +228,18 @@ def test_constants_written_after_the_flatbuffer_are_moved_back_in_for_tflm() -> 
     litert = run_tflite(quantized, feeds)["y"].astype(np.int32)
     assert np.abs(tflm - litert).max() <= MAX_STEPS_FROM_LITERT
     assert len(np.unique(tflm)) > 10  # on the offset layout TFLM runs on empty weights: every output the same
+
+
+def test_only_outputs_a_softmax_writes_get_the_softmax_tolerance() -> None:
+    from edgefleet.compiler.tflite import convert
+    from edgefleet.compiler.tflm.candidates import _softmax_outputs
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["p"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert _softmax_outputs(convert(model).tflite_bytes) == {"p"}
