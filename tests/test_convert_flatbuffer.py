@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
+import pytest
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 from onnx import helper, numpy_helper
 
-from edgefleet.compiler import fidelity
+from edgefleet.compiler import calibration, fidelity, model_zoo
+from edgefleet.compiler.inference import Feed
 from edgefleet.compiler.tflite import convert, flatbuffer
 from edgefleet.compiler.tflite.quantize import quantize
 from edgefleet.compiler.tflite.verify import run_tflite
+from edgefleet.compiler.tflm import micro
 
 RNG = np.random.default_rng(0)
 
@@ -107,8 +113,10 @@ def test_size_breakdown_accounts_for_every_byte() -> None:
         assert b.structure > 0
     b = flatbuffer.size_breakdown(q.tflite_bytes)
     assert b.constants["INT8"] == 6 * 4 * 3 * 3
-    # Per output channel: a float32 scale and an int64 zero point for the weights and for the bias.
-    assert b.quantization_params >= 2 * 6 * (4 + 8)
+    # Per output channel: a float32 scale and an int64 zero point for the weights and for the bias;
+    # both zero-point vectors are 6 zeros, stored once.
+    assert b.quantization_params_per_tensor >= 2 * 6 * (4 + 8)
+    assert b.quantization_params <= b.quantization_params_per_tensor - 6 * 8
 
 
 def test_int8_hard_sigmoid_stays_integer() -> None:
@@ -133,3 +141,91 @@ def test_int8_of_a_clip_with_other_bounds_runs() -> None:
     q = quantize(fp32, "int8", calibration=feeds)
     assert "MAXIMUM" in _op_names(q.tflite_bytes)
     assert _sqnr(fp32, q.tflite_bytes, feeds) > 20
+
+
+@pytest.fixture(scope="module")
+def int8_nets(digits_mlp: model_zoo.ZooModel) -> dict[str, tuple[bytes, list[Feed]]]:
+    """A conv net (MobileNetV2-style: 1x1, depthwise, Relu6, Add) and the digits MLP in int8, with a few inputs."""
+    mlp = onnx.load(digits_mlp.onnx_path)
+    mlp_data = calibration.load_dataset(digits_mlp.calibration_path, convert(mlp).inputs)
+    conv = model_zoo.mobilenetv2_block(0)
+    conv_data = calibration.synthetic(convert(conv).inputs, count=16, seed=0)
+    nets = {}
+    for name, model, data in (("mobilenetv2_block", conv, conv_data), ("digits_mlp", mlp, mlp_data)):
+        feeds = list(data.feeds())[:32]
+        nets[name] = (quantize(convert(model).tflite_bytes, "int8", calibration=feeds).tflite_bytes, feeds[:4])
+    return nets
+
+
+def _unshared(data: bytes) -> bytes:
+    """``data`` as the object API writes it: a copy of every vector and quantization table per tensor."""
+    return flatbuffer.pack(flatbuffer.load(data), share=False)
+
+
+def test_equal_scales_and_zero_points_are_stored_once(int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    for name, (data, _) in int8_nets.items():
+        model = flatbuffer.load(data)
+        params = [q for t in model.subgraphs[0].tensors if (q := t.quantization) is not None]
+        zero_points = [np.asarray(q.zeroPoint) for q in params]
+        assert sum(not z.any() for z in zero_points) > len({len(z) for z in zero_points if not z.any()}), name
+        distinct = {(v.dtype.str, v.tobytes()) for q in params for v in (np.asarray(q.scale), np.asarray(q.zeroPoint))}
+        b = flatbuffer.size_breakdown(data)
+        assert b.quantization_params == sum(len(v) for _, v in distinct), f"{name}: each distinct vector counted once"
+        unshared = flatbuffer.size_breakdown(_unshared(data))
+        assert unshared.quantization_params == unshared.quantization_params_per_tensor == b.quantization_params_per_tensor
+        assert b.total < unshared.total - (b.quantization_params_per_tensor - b.quantization_params), name
+
+
+def _plan(data: bytes) -> list[tuple[str, list[int], list[int]]]:
+    """LiteRT's nodes after XNNPACK took its partitions: one DELEGATE node per partition, then the original operators.
+
+    ``_get_ops_details`` is the only view of the execution plan LiteRT's Python API has."""
+    it = Interpreter(model_content=data, num_threads=1)
+    it.allocate_tensors()
+    return [(d["op_name"], list(d["inputs"]), list(d["outputs"])) for d in it._get_ops_details()]
+
+
+def test_shared_vectors_run_bit_identically_in_litert_xnnpack_and_tflm(int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    for name, (data, feeds) in int8_nets.items():
+        unshared = _unshared(data)
+        assert len(data) < len(unshared), name
+        shared_out, unshared_out = run_tflite(data, feeds), run_tflite(unshared, feeds)
+        for key, value in unshared_out.items():
+            np.testing.assert_array_equal(shared_out[key], value, err_msg=f"{name}: LiteRT output {key}")
+        plan = _plan(data)
+        assert plan == _plan(unshared), f"{name}: XNNPACK delegates other nodes"
+        assert any(op == "DELEGATE" for op, _, _ in plan), name
+        for got, want in zip(micro.run(data, feeds), micro.run(unshared, feeds), strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}: TFLM output")
+        assert micro.measure_arena(data, feeds[0]) == micro.measure_arena(unshared, feeds[0]), name
+
+
+def test_load_and_pack_round_trip_a_shared_file(int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    for data, _ in int8_nets.values():
+        assert flatbuffer.pack(flatbuffer.load(data)) == data
+        assert flatbuffer.compact(data) == (data, flatbuffer.Compaction(0, 0, 0, 0, 0))
+
+
+def test_compact_shares_the_vectors_of_a_file_written_with_a_copy_per_tensor(
+        int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    data, feeds = int8_nets["mobilenetv2_block"]
+    compacted, report = flatbuffer.compact(_unshared(data))
+    assert report == flatbuffer.Compaction(0, 0, 0, 0, 0)
+    assert len(compacted) == len(data)
+    want = run_tflite(data, feeds)
+    for key, value in run_tflite(compacted, feeds).items():
+        np.testing.assert_array_equal(value, want[key])
+
+
+def test_the_quantizer_gets_every_vector_of_its_own(int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    # ai-edge-quantizer edits vectors in place (op.inputs[i] = new tensor): shared ones must not reach it.
+    data, _ = int8_nets["digits_mlp"]
+    b = flatbuffer.size_breakdown(flatbuffer.unshare_constants(data))
+    assert b.quantization_params == b.quantization_params_per_tensor
+
+
+def test_a_pass_cannot_edit_a_shared_vector_in_place(int8_nets: dict[str, tuple[bytes, list[Feed]]]) -> None:
+    model = flatbuffer.load(int8_nets["mobilenetv2_block"][0])
+    q: Any = next(t.quantization for t in model.subgraphs[0].tensors if t.quantization is not None)
+    with pytest.raises(ValueError, match="read-only"):
+        q.zeroPoint[0] = 1

@@ -35,6 +35,7 @@ from edgefleet.compiler import fidelity, stats
 from edgefleet.compiler.inference import Feed
 from edgefleet.compiler.passes import Fp32Config, PassData
 from edgefleet.compiler.planner import Candidate
+from edgefleet.compiler.tflite import flatbuffer
 from edgefleet.compiler.tflm import micro
 from edgefleet.compiler.tflm.candidates import TFLMCandidate, tflm_candidate
 from edgefleet.compiler.tflm.micro import TFLMError
@@ -120,7 +121,7 @@ def compress_lut(tflite: bytes, *, max_bits: int = MAX_INDEX_BITS, min_elements:
             index_bitwidth=t.bits, mode=spec.PerChannel(axis=0))])
         for t in plan
     ]
-    out = bytes(compress(tflite, specs))
+    out = flatbuffer.pack(flatbuffer.load(bytes(compress(tflite, specs))))  # tflite_micro writes a copy of each vector per tensor
     log.info("tflm LUT: %d tensors, flash %d -> %d bytes", len(plan), len(tflite), len(out))
     return LutResult(out, tuple(plan), len(tflite), len(out))
 
