@@ -2,7 +2,7 @@
 
     nice .venv/bin/python bench/convert_bench.py [--runs 100] [--sections size,latency] [--models mobilenetv2,resnet18] [--workdir DIR]
 
-Three sections (``--sections``), printed as Markdown tables:
+Four sections (``--sections``), printed as Markdown tables:
 
 - ``size``: for every model of the converter's set, the fp32 and full-integer int8 ``.tflite``
   (``tflite.convert`` then ``tflite.quantize(..., "int8")``: ai-edge-quantizer ``static_wi8_ai8``,
@@ -21,6 +21,9 @@ Three sections (``--sections``), printed as Markdown tables:
   time over the fp32 time of its runtime in the same round. Fidelity (top-1 agreement, SQNR) is against the fp32 ONNX model
   on held-out inputs: 450 held-out digits for the digits nets, 32 other random inputs otherwise.
   The digits CNN's rows also give accuracy on the labels.
+- ``modes``: every ``tflite.quantize`` mode (fp16, dynamic, int8, int16x8, int4) of the digits MLP
+  and CNN, calibrated on their calibration digits: size and fidelity against the ONNX model on the
+  held-out digits (the table in docs/converter.md, "Quantization").
 - ``kernels``: LiteRT fp32 and int8 of single conv layers (3x3, 1x1, depthwise) at 16 to 256
   channels, interleaved the same way: where XNNPACK's int8 kernels beat fp32 on this CPU and where not.
 """
@@ -49,7 +52,7 @@ from edgefleet.compiler import calibration, fidelity, inference, model_zoo
 from edgefleet.compiler.inference import Feed
 from edgefleet.compiler.passes import PassData, StaticInt8, StaticInt8Config
 from edgefleet.compiler.tflite import convert, flatbuffer
-from edgefleet.compiler.tflite.quantize import quantize
+from edgefleet.compiler.tflite.quantize import MODES, evaluate, quantize
 
 WARMUP = 10
 RANDOM_CALIBRATION = 16
@@ -236,6 +239,29 @@ def size_rows(s: Subject) -> str:
             f"{b.structure:,} | {len(fp32) / (b.total - b.quantization_params):.2f}x |")
 
 
+def mode_rows(s: Subject) -> list[str]:
+    """Every quantization mode of ``s`` (a digits model): size, how much smaller, fidelity on the held-out digits."""
+    fp32 = convert(s.model, input_shapes=s.input_shapes).tflite_bytes
+    names = [o.name for o in s.model.graph.output]
+    held_out = list(s.held_out.feeds())
+    reference = inference.run_model(s.model, held_out)
+    const_fp32 = flatbuffer.size_breakdown(fp32).constant_bytes
+    rows = []
+    for mode in ["fp32", *MODES]:
+        data = fp32 if mode == "fp32" else quantize(fp32, mode, calibration=list(s.calib.feeds())).tflite_bytes
+        f = evaluate(reference, data, held_out, names)
+        sqnr = f"{f.sqnr_db:.1f}" if f.sqnr_db is not None else "exact"
+        rows.append(f"| {s.name} | {mode} | {len(data):,} | {len(fp32) / len(data):.2f}x | "
+                    f"{const_fp32 / flatbuffer.size_breakdown(data).constant_bytes:.2f}x | "
+                    f"{100 * (f.top1_agreement or 0):.2f}% | {sqnr} | {f.max_abs_error:.2g} |")
+    return rows
+
+
+MODES_HEADER = [
+    "| model | mode | size (bytes) | smaller (file) | smaller (constants) | top-1 agreement | SQNR dB | max abs error |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
 SIZE_HEADER = [
     ("| model | fp32 bytes | int8 bytes | file ratio | constants ratio | int8 weights | int32 (biases, shapes) | "
      "other constants | scales + zero points (share of file) | names | tables, shapes, alignment | ratio without scales/zero points |"),
@@ -250,6 +276,8 @@ def subjects(section: str, workdir: Path, models: list[str] | None = None) -> li
 
 def _all_subjects(section: str, workdir: Path) -> list[Subject]:
     digits = [_digits(model_zoo.digits_mlp, workdir), _digits(model_zoo.digits_cnn, workdir)]
+    if section == "modes":
+        return digits
     if section == "latency":
         return [*digits[1:],
                 _random("mobilenetv2_block (size 128, width 32)", model_zoo.mobilenetv2_block(0, size=128, width=32)),
@@ -312,7 +340,7 @@ def _cpu_model() -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="interleaved timed rounds per model (median reported)")
-    parser.add_argument("--sections", default="size,kernels,latency", help="comma-separated: size, kernels, latency")
+    parser.add_argument("--sections", default="size,kernels,latency", help="comma-separated: size, modes, kernels, latency")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-bench")
     parser.add_argument("--models", default="", help="comma-separated model names as the tables start them (e.g. "
                         "mobilenetv2,resnet18): only these in the size and latency sections; all by default")
@@ -328,6 +356,11 @@ def main(argv: list[str]) -> int:
         print("\n".join(SIZE_HEADER))
         for s in subjects("size", args.workdir, models):
             print(size_rows(s), flush=True)
+    if "modes" in sections:
+        print("\n### Every quantization mode on the digits models (docs/converter.md)\n")
+        print("\n".join(MODES_HEADER))
+        for s in subjects("modes", args.workdir, models):
+            print("\n".join(mode_rows(s)), flush=True)
     if "kernels" in sections:
         print("\n### LiteRT int8 vs fp32 per conv layer (XNNPACK, 1 thread)\n")
         print("\n".join(kernel_rows(args.runs)))
