@@ -3,26 +3,52 @@
 A roofline per operator, plus what the runtime costs around the arithmetic:
 
     latency = correction x (call overhead + sum over operators of
-              (op overhead + max(2 x MACs / throughput(format), bytes moved / bandwidth)))
+              (op overhead + max(compute, bytes moved / bandwidth)))
+    compute = fixed cost of its class + 2 x MACs / (throughput(format) x efficiency of its class)
     energy  = latency x the profile's active power
 
 - MACs per operator come from ONNX shape inference, as ``stats.count_macs`` counts them (Conv,
   Gemm, MatMul); other operators only move bytes.
+- Operator classes: conv (k x k), pointwise (1x1), depthwise, gemm, and matvec (a Gemm/MatMul of
+  one row: batch 1). Their efficiency against the profile's peak and their fixed cost come from
+  ``throughput.kernels``, measured per runtime and format on single operators
+  (``bench/compile_bench.py --sections host``); a class a profile does not list runs at the peak
+  with no fixed cost. A matvec's measured efficiency is in effect the rate its weights stream from
+  cache, since it reads every weight once per MAC.
 - Bytes moved are the operator's weights in the candidate's number format plus its activations
   (inputs and outputs; int8 for statically quantized models, float32 otherwise). Weights that fit
-  in the profile's last-level cache (``memory.cache``) stay there between inferences and move nothing.
+  in the profile's last-level cache (``memory.cache``) stay there between inferences, and an
+  operator's activations that fit there pass from one operator to the next inside it, at
+  ``memory.cache_bandwidth_gbps`` (free when the profile does not state it; what a MAC operator's
+  reading from cache costs is in its class's measured efficiency).
 - Throughput is the profile's ``fp32_gflops``/``int8_gops``/``fp16_gflops``; fp16 is computed as
   fp32 unless the profile marks it fast (LiteRT's CPU kernels widen fp16 weights at load time).
+- Static int8 in onnxruntime is a QDQ graph: operators with an int8 kernel (``_INT8_KERNELS``) fuse
+  their QuantizeLinear/DequantizeLinear pairs away, but any other operator (an unfolded
+  BatchNormalization, Add, Mul, Sigmoid...) runs in float between a DequantizeLinear per input and
+  a QuantizeLinear per output, plus, next to a convolution, two layout Transposes (onnxruntime runs
+  int8 convolutions in NHWC). Each of those is one more dispatched operator and one more pass over
+  the activations; ``throughput.qdq_island``, where a profile has it, is what one such island was
+  measured to cost instead. On the model set these float islands, not the int8 arithmetic, are
+  why int8 models ran 1.4-3x slower than fp32 (docs/benchmarks.md).
 - Dynamic int8 quantizes each MAC operator's input on every call: one more operator, one more
   pass over that input. A dynamically quantized convolution runs ``ConvInteger``, for which
   onnxruntime's CPU provider has no optimised kernel: measured 20-200x slower than fp32 on the
   model set (bench/compile_bench.py), so it is charged at ``_CONV_INTEGER_SLOWDOWN`` x the fp32 time.
+- Accelerators: a LiteRT candidate in a format a counted accelerator of the profile runs (GPU
+  delegate: fp16/fp32; NPU: int8) is also estimated there: peak x utilisation, DRAM bandwidth,
+  a per-operator and a per-invoke overhead (command submission, synchronisation, copies). The
+  lower of that and the CPU estimate is the estimate, and ``Estimate.unit`` says which it assumed:
+  a big convolutional net amortises the invoke on the GPU, a tiny MLP stays on the CPU.
 - Sparsity and weight clustering are *not* credited: onnxruntime, LiteRT and TFLite Micro run
   dense kernels, so a pruned or clustered model costs as much time as the dense one. Structured
   pruning and low-rank factorisation do count, because they change the graph itself.
-- Activations fused into the preceding MAC operator (Relu, Clip, ...) cost no dispatch.
+- Activations fused into the preceding MAC operator (Relu, Clip, ...) cost no dispatch, nor does a
+  bias Add after a MatMul (onnxruntime fuses the pair into a Gemm; in an int8 QDQ graph it stays a
+  float island).
 - Energy assumes the device runs at ``power.active_w`` for the duration (every runtime here keeps
-  its cores busy during an inference); so for one profile, energy ranks candidates as latency does.
+  its cores busy during an inference, and a phone's GPU or NPU is not modelled apart); so for one
+  profile, energy ranks candidates as latency does.
 
 ``correction`` is the per-profile factor learned from fleet measurements (median measured over
 estimated latency, ``deploy.cost_feedback``); 1.0 until a fleet has reported.
@@ -43,9 +69,12 @@ import onnx
 
 from edgefleet.compiler import stats
 from edgefleet.hardware_profiles.schema import (
+    Accelerator,
     DeviceKind,
     HardwareProfile,
+    KernelFigure,
     NumberFormat,
+    Runtime,
     Speed,
 )
 
@@ -57,6 +86,16 @@ _MAC_OPS: dict[str, tuple[int, int]] = {"Conv": (0, 1), "Gemm": (0, 1), "MatMul"
 _FUSED_AFTER_MAC = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "BatchNormalization"})
 # Nodes that only reshape metadata or are folded at load time.
 _FREE = frozenset({"Constant", "Shape", "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"})
+# Operators onnxruntime's CPU provider runs as int8 kernels in a QDQ graph (their Q/DQ pairs fuse
+# away), and those the quantizer folds into the QuantizeLinear's range. Read off onnxruntime 1.32's
+# optimised int8 graphs of the model set: QLinearConv, QGemm, QLinearConcat, QLinearGlobalAveragePool,
+# QLinearAveragePool, QLinearSoftmax, QLinearLeakyRelu; BatchNormalization, Add, Mul, Sigmoid stayed float.
+_INT8_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Softmax",
+                           "LeakyRelu"})
+_INT8_ABSORBED = frozenset({"Relu", "Clip"})
+# The island ``throughput.qdq_island`` is measured on, a BatchNormalization after a Conv, counted as
+# an island's extra operators are counted below: one per input (5), its QuantizeLinear, two Transposes.
+_MEASURED_ISLAND_OPS = 8
 
 # Overheads when a profile does not state them, in CPU cycles: a Linux runtime's Python call and
 # session bookkeeping (onnxruntime: ~20 us on a 2.5 GHz x86 core, ~50 k cycles) and a kernel
@@ -68,8 +107,18 @@ _DEFAULT_CYCLES: dict[DeviceKind, tuple[float, float]] = {
     DeviceKind.PHONE: (50_000.0, 2_000.0),
     DeviceKind.HOST: (50_000.0, 2_000.0),
 }
+# Accelerator figures when a profile does not state them (sources in docs/benchmarks.md, "Delegates"):
+# (utilisation of peak over a network, per-operator us, per-invoke us). A GPU kernel launch costs
+# tens of microseconds for a small convolution; submitting a command buffer, waiting for it and
+# copying inputs and outputs costs about a millisecond per inference.
+_ACCELERATOR_DEFAULTS: dict[str, tuple[float, float, float]] = {
+    "gpu": (0.25, 10.0, 1000.0),
+    "npu": (0.2, 5.0, 1000.0),
+    "dsp": (0.2, 5.0, 1000.0),
+}
 _CONV_INTEGER_SLOWDOWN = 20.0
 _ELEMENT_BYTES = {NumberFormat.FP32: 4, NumberFormat.FP16: 2, NumberFormat.INT8: 1, NumberFormat.INT16X8: 1, NumberFormat.INT4: 0.5}
+_INT8_FORMATS = (NumberFormat.INT8, NumberFormat.INT16X8, NumberFormat.INT4)
 
 
 @dataclass(frozen=True)
@@ -83,6 +132,12 @@ class OpCost:
     activation_elements: int
     dispatch: bool
     """False when the runtime fuses it into the operator before it, or folds it away."""
+    op_class: str = ""
+    """For MAC operators: conv, pointwise, depthwise, gemm or matvec (see ``KernelFigure``)."""
+    inputs: int = 0
+    """Inputs, weights included: in a QDQ graph each gets a DequantizeLinear when the operator stays float."""
+    follows_conv: bool = False
+    """Its first input is a convolution's output (an int8 QDQ graph transposes between the two)."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +165,15 @@ class Estimate:
     macs: int
     bytes_moved: int
     correction: float = 1.0
+    unit: str = "CPU"
+    """Where the estimate assumes the model runs: ``CPU``, or an accelerator, e.g. ``Adreno 750 GPU (fp16)``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "latency_ms": round(self.latency_ms, 6), "energy_mj": round(self.energy_mj, 6),
             "compute_ms": round(self.compute_ms, 6), "memory_ms": round(self.memory_ms, 6),
             "overhead_ms": round(self.overhead_ms, 6), "macs": self.macs, "bytes_moved": self.bytes_moved,
-            "correction": self.correction,
+            "correction": self.correction, "unit": self.unit,
         }
 
 
@@ -129,6 +186,7 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
     shapes = stats.static_shapes(model)
     graph = model.graph
     constants = {init.name for init in graph.initializer}
+    conv_outputs: set[str] = set()
     ops: list[OpCost] = []
     previous_mac = False
     for node in graph.node:
@@ -142,8 +200,15 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
             continue
         activations = sum(_elements(shapes.get(n)) for n in [*node.input, *node.output] if n and n not in constants)
         macs = _macs(node, shapes)
-        fused = previous_mac and node.op_type in _FUSED_AFTER_MAC
-        ops.append(OpCost(node.name, node.op_type, macs, weights, activations, dispatch=not fused))
+        # A bias Add after a MatMul becomes part of a Gemm in float (onnxruntime's MatMulAddFusion);
+        # in an int8 QDQ graph it stays a float island (see _on_cpu).
+        bias = node.op_type == "Add" and any(n in constants for n in node.input)
+        fused = previous_mac and (node.op_type in _FUSED_AFTER_MAC or bias)
+        follows_conv = bool(node.input) and node.input[0] in conv_outputs
+        ops.append(OpCost(node.name, node.op_type, macs, weights, activations, dispatch=not fused,
+                          op_class=_op_class(node, shapes), inputs=sum(1 for n in node.input if n), follows_conv=follows_conv))
+        if node.op_type == "Conv":
+            conv_outputs.update(node.output)
         previous_mac = node.op_type in _MAC_OPS or (fused and previous_mac)
     return GraphCost(tuple(ops))
 
@@ -153,41 +218,86 @@ def estimate(
     profile: HardwareProfile,
     number_format: NumberFormat,
     *,
+    runtime: Runtime | str | None = None,
     runtime_quantization: bool = False,
     correction: float = 1.0,
     decoded_weights: bool = False,
 ) -> Estimate:
-    """Latency (ms) and energy (mJ) of one inference of ``graph`` computed in ``number_format`` on ``profile``.
+    """Latency (ms) and energy (mJ) of one inference of ``graph`` computed in ``number_format`` by
+    ``runtime`` (default: the profile's first) on ``profile``: on its CPU, or on an accelerator its
+    LiteRT delegate reaches when that is faster.
 
     ``decoded_weights``: the weights are stored as lookup-table indices (TFLite Micro's DECODE) and
     expanded into RAM at every inference, which reads the indices and writes every weight once more.
     """
+    runtime = Runtime(runtime) if runtime is not None else profile.runtimes[0]
+    cpu = _on_cpu(graph, profile, number_format, runtime, runtime_quantization, correction, decoded_weights)
+    if runtime is not Runtime.LITERT or runtime_quantization:
+        return cpu  # a delegate takes whole int8 or float graphs, not ones that quantize on the fly
+    options = [cpu, *(_on_accelerator(graph, profile, a, number_format, correction) for a in usable_accelerators(profile, number_format))]
+    return min(options, key=lambda e: e.latency_ms)
+
+
+def usable_accelerators(profile: HardwareProfile, number_format: NumberFormat) -> list[Accelerator]:
+    """The profile's accelerators that LiteRT can place a ``number_format`` model on and that the profile counts."""
+    return [a for a in profile.accelerators if a.counted and number_format in a.formats]
+
+
+def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFormat, runtime: Runtime,
+            runtime_quantization: bool, correction: float, decoded_weights: bool) -> Estimate:
     ops_per_s = _throughput(profile, number_format) * 1e9
     bandwidth = profile.memory.bandwidth_gbps * 1e9
     call_us, op_us = _overheads(profile)
     weight_bytes = _ELEMENT_BYTES.get(number_format, 4)
     if number_format is NumberFormat.FP16 and profile.formats.get(NumberFormat.FP16) is not Speed.FAST:
         weight_bytes = 4  # widened to fp32 at load time, so fp32 is what each inference reads
-    activation_bytes = 1 if number_format is NumberFormat.INT8 and not runtime_quantization else 4
-    if profile.memory.cache is not None and sum(o.weight_elements for o in graph.ops) * weight_bytes <= profile.memory.cache:
+    static_int8 = number_format in _INT8_FORMATS and not runtime_quantization
+    activation_bytes = 1 if static_int8 else 4
+    cache = profile.memory.cache
+    cache_bandwidth = profile.memory.cache_bandwidth_gbps * 1e9 if profile.memory.cache_bandwidth_gbps else None
+    if cache is not None and sum(o.weight_elements for o in graph.ops) * weight_bytes <= cache:
         weight_bytes = 0  # they stay in cache between inferences: no memory traffic
+    qdq = static_int8 and runtime is Runtime.ONNXRUNTIME
+    kernel_format = NumberFormat.INT8 if number_format in _INT8_FORMATS else NumberFormat.FP32
+    if number_format is NumberFormat.FP16 and profile.formats.get(NumberFormat.FP16) is Speed.FAST:
+        kernel_format = NumberFormat.FP16
+    figures = {(k.op, k.format): k for k in profile.throughput.kernels if k.runtime is runtime}
     compute = memory = 0.0
-    overhead = call_us * 1e-6
+    # A QDQ graph quantizes its input and dequantizes its output: two more operators per call.
+    overhead = (call_us + (2 * op_us if qdq else 0.0)) * 1e-6
     moved = 0
     for op in graph.ops:
-        if not op.dispatch and op.macs == 0:
+        island = qdq and op.activation_elements > 0 and op.op_type not in _INT8_KERNELS | _INT8_ABSORBED | _FREE
+        if not op.dispatch and op.macs == 0 and not island:
             continue
-        op_bytes = int(op.weight_elements * weight_bytes + op.activation_elements * activation_bytes)
-        c = 2 * op.macs / ops_per_s
+        # Activations that fit in cache are written by one operator and read by the next inside it.
+        in_cache = cache is not None and op.activation_elements * 4 <= cache
+        through = cache_bandwidth if in_cache else bandwidth
+        activations = 0 if through is None else op.activation_elements * activation_bytes
+        op_bytes = int(op.weight_elements * weight_bytes + activations)
+        c = _compute_s(op, figures.get((op.op_class, kernel_format)), ops_per_s)
         if runtime_quantization and op.op_type == "Conv":
-            c = 2 * op.macs / (_throughput(profile, NumberFormat.FP32) * 1e9) * _CONV_INTEGER_SLOWDOWN
-        m = op_bytes / bandwidth
-        if op.dispatch:
+            fp32 = _compute_s(op, figures.get((op.op_class, NumberFormat.FP32)), _throughput(profile, NumberFormat.FP32) * 1e9)
+            c = fp32 * _CONV_INTEGER_SLOWDOWN
+        m = op.weight_elements * weight_bytes / bandwidth + (activations / through if through else 0.0)
+        if op.dispatch or island:
             overhead += op_us * 1e-6
+        # An island runs in float between a DequantizeLinear per input and a QuantizeLinear per output,
+        # and next to an NHWC int8 convolution, a Transpose out of and back into its layout.
+        extra = op.inputs + 1 + (2 if op.follows_conv else 0)
+        measured_island = profile.throughput.qdq_island
+        if island and measured_island is not None:
+            # Measured on a BatchNormalization after a Conv; other islands in proportion to their operators.
+            scale = extra / _MEASURED_ISLAND_OPS
+            overhead += scale * (measured_island.fixed_us + measured_island.ns_per_element * op.activation_elements * 1e-3) * 1e-6
+        elif island:
+            overhead += extra * op_us * 1e-6
+            if through:  # the float operator, and each conversion reads one byte or float and writes the other
+                m += op.activation_elements * (3 + extra * 2.5) / through
         if runtime_quantization and op.macs:
             # DynamicQuantizeLinear: one more operator, reading the float input and writing int8.
             overhead += op_us * 1e-6
-            m += op.activation_elements * 5 / bandwidth
+            m += op.activation_elements * 5 / through if through else 0.0
         moved += op_bytes
         # Roofline: an operator is bound by the slower of arithmetic and memory, not their sum.
         if c >= m:
@@ -198,6 +308,42 @@ def estimate(
         decoded = sum(o.weight_elements for o in graph.ops) * _ELEMENT_BYTES.get(number_format, 4)
         memory += 2 * decoded / bandwidth
         moved += 2 * decoded
+    return _estimate(compute, memory, overhead, graph, moved, profile, correction, "CPU")
+
+
+def _on_accelerator(graph: GraphCost, profile: HardwareProfile, accelerator: Accelerator, number_format: NumberFormat,
+                    correction: float) -> Estimate:
+    """The same graph run whole by a LiteRT delegate on ``accelerator`` (it takes every operator: the
+    GPU delegate's op set covers the model set's convolutions, pooling and activations)."""
+    utilisation, op_us, invoke_us = _ACCELERATOR_DEFAULTS[accelerator.kind]
+    utilisation = accelerator.utilisation or utilisation
+    op_us = accelerator.op_overhead_us if accelerator.op_overhead_us is not None else op_us
+    invoke_us = accelerator.invoke_overhead_us if accelerator.invoke_overhead_us is not None else invoke_us
+    # peak_gops is the first listed (fastest) format's; a GPU's fp32 runs at half its fp16 rate.
+    peak = accelerator.peak_gops * (1.0 if number_format is accelerator.formats[0] else 0.5)
+    ops_per_s = peak * utilisation * 1e9
+    bandwidth = profile.memory.bandwidth_gbps * 1e9  # the SoC's DRAM, shared with the CPU
+    element = _ELEMENT_BYTES.get(number_format, 4)
+    compute = memory = 0.0
+    overhead = invoke_us * 1e-6
+    moved = 0
+    for op in graph.ops:
+        if not op.dispatch and op.macs == 0:
+            continue
+        op_bytes = int((op.weight_elements + op.activation_elements) * element)
+        c, m = 2 * op.macs / ops_per_s, op_bytes / bandwidth
+        overhead += op_us * 1e-6 if op.dispatch else 0.0
+        moved += op_bytes
+        if c >= m:
+            compute += c
+        else:
+            memory += m
+    unit = f"{accelerator.name} {accelerator.kind.upper()} ({number_format.value})"
+    return _estimate(compute, memory, overhead, graph, moved, profile, correction, unit)
+
+
+def _estimate(compute: float, memory: float, overhead: float, graph: GraphCost, moved: int, profile: HardwareProfile,
+              correction: float, unit: str) -> Estimate:
     seconds = (compute + memory + overhead) * correction
     return Estimate(
         latency_ms=seconds * 1e3,
@@ -208,7 +354,17 @@ def estimate(
         macs=graph.macs,
         bytes_moved=moved,
         correction=correction,
+        unit=unit,
     )
+
+
+def _compute_s(op: OpCost, figure: KernelFigure | None, ops_per_s: float) -> float:
+    """Seconds of arithmetic: the class's fixed cost plus its MACs at the class's share of the peak."""
+    if not op.macs:
+        return 0.0
+    if figure is None:
+        return 2 * op.macs / ops_per_s
+    return figure.fixed_us * 1e-6 + 2 * op.macs / (ops_per_s * figure.efficiency)
 
 
 def correction_for(profile: str, corrections: Mapping[str, float] | None) -> float:
@@ -233,6 +389,22 @@ def _overheads(profile: HardwareProfile) -> tuple[float, float]:
     call = t.call_overhead_us if t.call_overhead_us is not None else call_cycles / mhz
     op = t.op_overhead_us if t.op_overhead_us is not None else op_cycles / mhz
     return call, op
+
+
+def _op_class(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> str:
+    """conv, pointwise, depthwise, gemm or matvec for a MAC operator ("" otherwise or when shapes are unknown)."""
+    if node.op_type not in _MAC_OPS:
+        return ""
+    out = shapes.get(node.output[0])
+    w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if out is None or w is None:
+        return ""
+    if node.op_type == "Conv":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group > 1 and w[1] == 1:
+            return "depthwise"
+        return "pointwise" if _elements(w[2:]) == 1 and group == 1 else "conv"
+    return "matvec" if _elements(out[:-1]) == 1 else "gemm"
 
 
 def _elements(shape: list[int] | None) -> int:

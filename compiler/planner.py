@@ -135,6 +135,11 @@ class Candidate:
         return self.scheme == REFERENCE
 
     @property
+    def runtime(self) -> str:
+        """The runtime its package targets (onnxruntime unless its format stage says otherwise)."""
+        return str(self.config.get("runtime", "onnxruntime"))
+
+    @property
     def decodes_weights(self) -> bool:
         """Whether its weights are stored as lookup-table indices, expanded at every inference (TFLM LUT)."""
         final = self.config["pipeline"][-1] if "pipeline" in self.config else self.config
@@ -176,7 +181,7 @@ def check(
     """The verdict on one candidate for one profile; ``carried`` are the formats the runtime target supports."""
     problems: list[str] = []
     estimate = (
-        cost_model.estimate(candidate.graph, profile, candidate.number_format,
+        cost_model.estimate(candidate.graph, profile, candidate.number_format, runtime=candidate.runtime,
                             runtime_quantization=candidate.runtime_quantization, correction=correction,
                             decoded_weights=candidate.decodes_weights)
         if candidate.graph is not None else None
@@ -389,11 +394,12 @@ def _reason(
 def _objective_text(v: Verdict, objective: str) -> str:
     e = v.estimate
     if v.measured_ms is not None and objective != "size":
-        return f"measured latency on the fleet ({v.measured_ms:.3g} ms)"
+        return f"measured latency ({v.measured_ms:.3g} ms)"
     if objective == "size" or e is None:
         return f"model size ({human_bytes(v.candidate.size_bytes)})"
     if objective == "latency":
-        return f"estimated latency ({e.latency_ms:.3g} ms)"
+        on = "" if e.unit == "CPU" else f" on the {e.unit}"
+        return f"estimated latency ({e.latency_ms:.3g} ms{on})"
     return f"estimated energy per inference ({e.energy_mj:.3g} mJ)"
 
 

@@ -126,7 +126,7 @@ def _readable(profile: HardwareProfile) -> str:
     """The profile as YAML, with sizes written for people ("4 GiB") rather than in bytes."""
     data: dict[str, Any] = profile.model_dump(mode="json", exclude_none=True)
     for key, value in data["memory"].items():
-        if key != "bandwidth_gbps":
+        if not key.endswith("_gbps"):  # rates, not sizes
             data["memory"][key] = _size(value)
     fast = ", ".join(f.value for f in profile.fast_formats()) or "none"
     head = f"# {profile.display_name}: {profile.kind.value}, fast formats: {fast}\n"

@@ -71,6 +71,31 @@ class Accelerator(_Strict):
     delegate: str = Field(description="How a runtime reaches it, e.g. 'litert-gpu', 'nnapi', 'qnn'.")
     formats: list[NumberFormat]
     peak_gops: float = Field(gt=0, description="Peak throughput in the fastest of `formats`, in GOPS.")
+    # What a delegate sustains and what each call to it costs decide whether it beats the CPU
+    # (compiler/cost_model.py): a big convolutional net amortises the call, a tiny MLP does not.
+    utilisation: float | None = Field(
+        default=None, gt=0, le=1, description="Fraction of peak_gops a LiteRT delegate sustains over a whole network. "
+        "Default: 0.25 for a GPU, 0.2 for an NPU or DSP (see compiler/cost_model.py)."
+    )
+    op_overhead_us: float | None = Field(
+        default=None, ge=0, description="Cost of one operator (kernel launch) on the accelerator, microseconds. "
+        "Default: 10 for a GPU, 5 for an NPU or DSP."
+    )
+    invoke_overhead_us: float | None = Field(
+        default=None, ge=0, description="Fixed cost of one inference on the accelerator (command submission, "
+        "synchronisation, input and output copies), microseconds. Default: 1000."
+    )
+    counted: bool = Field(
+        default=True, description="Whether the cost model may place a model on it. False when an edgefleet package "
+        "cannot be relied on to reach it (say why in `not_counted_because`)."
+    )
+    not_counted_because: str = ""
+
+    @model_validator(mode="after")
+    def _reason_when_not_counted(self) -> Accelerator:
+        if not self.counted and not self.not_counted_because:
+            raise ValueError(f"accelerator {self.name!r} has counted: false; say why in not_counted_because")
+        return self
 
 
 class Memory(_Strict):
@@ -87,8 +112,12 @@ class Memory(_Strict):
     )
     bandwidth_gbps: float = Field(gt=0, description="Sustained memory bandwidth, GB/s.")
     cache: ByteSize | None = Field(
-        default=None, description="Last-level CPU cache. The cost model reads weights that fit in it from cache, not "
-        "from memory; without it every weight byte is charged at bandwidth_gbps."
+        default=None, description="Last-level CPU cache. The cost model reads weights and activations that fit in it "
+        "from cache, not from memory; without it every byte is charged at bandwidth_gbps."
+    )
+    cache_bandwidth_gbps: float | None = Field(
+        default=None, gt=0, description="Sustained rate of elementwise passes over tensors that fit in `cache` "
+        "(bytes read plus written), GB/s. Default: such passes cost nothing beyond their dispatch."
     )
 
     @model_validator(mode="after")
@@ -96,6 +125,41 @@ class Memory(_Strict):
         if self.storage is None and self.flash is None:
             raise ValueError("memory needs 'storage' (Linux devices) or 'flash' (microcontrollers)")
         return self
+
+
+class KernelFigure(_Strict):
+    """How fast one class of operator runs in one runtime and number format, relative to the profile's peak.
+
+    A single roofline over-credits some operators and under-credits others: depthwise and small
+    convolutions reach a fraction of a big matrix product's rate, a batch-1 matrix-vector product
+    runs at the speed its weights stream from cache, and a runtime's int8 kernels may trail its
+    fp32 ones on a CPU without int8 dot-product instructions. Measure these with
+    ``bench/compile_bench.py --sections host`` (single operators at a few sizes, fitted by least squares).
+    """
+
+    runtime: Runtime
+    op: Literal["conv", "pointwise", "depthwise", "gemm", "matvec"] = Field(
+        description="conv: a k x k convolution (k > 1); pointwise: 1x1; depthwise: one group per channel; "
+        "gemm: Gemm/MatMul with more than one row; matvec: with one row (batch 1)."
+    )
+    format: NumberFormat
+    efficiency: float = Field(
+        gt=0, description="Sustained rate at large sizes as a fraction of fp32_gflops (float formats) or int8_gops (int8)."
+    )
+    fixed_us: float = Field(
+        default=0, ge=0, description="Time per operator that does not shrink with its size (packing, layout, setup), "
+        "microseconds, on top of op_overhead_us."
+    )
+
+
+class FloatIsland(_Strict):
+    """What one operator left in float inside an onnxruntime int8 QDQ graph costs: the operator, a
+    DequantizeLinear per input, a QuantizeLinear, and next to an int8 convolution two layout
+    Transposes. Measured on a BatchNormalization between convolutions (bench/compile_bench.py --sections host)."""
+
+    fixed_us: float = Field(ge=0, description="Per island of that BatchNormalization's 8 extra operators, microseconds; "
+                             "other islands cost in proportion to their own extra operators.")
+    ns_per_element: float = Field(ge=0, description="Per element of its inputs and outputs, nanoseconds (same proportion).")
 
 
 class Throughput(_Strict):
@@ -116,6 +180,14 @@ class Throughput(_Strict):
     )
     op_overhead_us: float | None = Field(
         default=None, ge=0, description="Fixed cost of dispatching one operator, microseconds. Default: derived from the clock."
+    )
+    qdq_island: FloatIsland | None = Field(
+        default=None, description="Measured cost of an operator left in float in an onnxruntime int8 QDQ graph. "
+        "Default: its extra operators' dispatches and passes at the cache or memory rate (compiler/cost_model.py)."
+    )
+    kernels: list[KernelFigure] = Field(
+        default_factory=list, description="Per operator class efficiency, measured; a class not listed runs at "
+        "the peak figure above with no fixed cost."
     )
 
 
@@ -166,6 +238,10 @@ class HardwareProfile(_Strict):
                 raise ValueError("a microcontroller runs TFLite Micro only: runtimes must be [tflm]")
         if NumberFormat.FP32 not in self.formats:
             raise ValueError("formats must list fp32 (every runtime here can fall back to it)")
+        kernels = [(k.runtime.value, k.op, k.format.value) for k in self.throughput.kernels]
+        if len(set(kernels)) < len(kernels):
+            twice = sorted({k for k in kernels if kernels.count(k) > 1})
+            raise ValueError(f"throughput.kernels lists {', '.join('/'.join(k) for k in twice)} more than once; keep one figure each")
         return self
 
     def fast_formats(self) -> list[NumberFormat]:

@@ -15,7 +15,7 @@ from onnx import numpy_helper, parser
 from edgefleet.agent import topics
 from edgefleet.agent.package import read_manifest
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.compiler import cost_model
+from edgefleet.compiler import cost_model, model_zoo
 from edgefleet.compiler.compile import compile_model
 from edgefleet.deploy.benchmark import request_benchmark
 from edgefleet.deploy.cost_feedback import (
@@ -26,7 +26,7 @@ from edgefleet.deploy.cost_feedback import (
 from edgefleet.deploy.push import clear_package, describe_package
 from edgefleet.deploy.store import TelemetryStore
 from edgefleet.hardware_profiles import load_profile
-from edgefleet.hardware_profiles.schema import HardwareProfile, NumberFormat
+from edgefleet.hardware_profiles.schema import HardwareProfile, NumberFormat, Runtime
 
 
 def mlp(hidden: int = 32) -> onnx.ModelProto:
@@ -90,9 +90,11 @@ def test_memory_bound_weights_are_free_when_they_fit_in_cache() -> None:
 def test_dynamic_quantization_costs_an_operator_per_layer_and_corrections_scale_linearly() -> None:
     g = cost_model.analyse(mlp(32))
     slow = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 10, "call_overhead_us": 5})
+    fp32 = cost_model.estimate(g, slow, NumberFormat.FP32)
     static = cost_model.estimate(g, slow, NumberFormat.INT8)
     dynamic = cost_model.estimate(g, slow, NumberFormat.INT8, runtime_quantization=True)
-    assert dynamic.overhead_ms == pytest.approx(static.overhead_ms + 2 * 0.010)
+    assert dynamic.overhead_ms == pytest.approx(fp32.overhead_ms + 2 * 0.010)  # a DynamicQuantizeLinear per Gemm
+    assert static.overhead_ms == pytest.approx(fp32.overhead_ms + 2 * 0.010)  # QDQ: quantize in, dequantize out
     assert cost_model.estimate(g, slow, NumberFormat.INT8, correction=2.0).latency_ms == pytest.approx(2 * static.latency_ms)
 
 
@@ -102,6 +104,104 @@ def test_default_overheads_come_from_the_clock_and_a_microcontroller_dispatches_
     e = cost_model.estimate(g, mcu, NumberFormat.INT8)
     assert e.overhead_ms == pytest.approx((2000 + 2 * 300) / 120 / 1000)
     assert e.compute_ms > 0
+
+
+def convs() -> onnx.ModelProto:
+    """x[1,8,16,16] -> 3x3 Conv -> BatchNormalization -> Relu -> depthwise 3x3 -> 1x1 Conv -> pool -> Gemm of one row."""
+    model = parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8,16,16] x) => (float[1,4] y) {
+            a = Conv <pads = [1,1,1,1]> (x, w1)
+            b = BatchNormalization(a, s, o, m, v)
+            r = Relu(b)
+            d = Conv <pads = [1,1,1,1], group = 8> (r, w2)
+            p = Conv(d, w3)
+            q = GlobalAveragePool(p)
+            f = Flatten(q)
+            y = Gemm(f, w4)
+        }""")
+    rng = np.random.default_rng(0)
+    for name, shape in (("w1", (8, 8, 3, 3)), ("s", (8,)), ("o", (8,)), ("m", (8,)), ("v", (8,)), ("w2", (8, 1, 3, 3)),
+                        ("w3", (16, 8, 1, 1)), ("w4", (16, 4))):
+        model.graph.initializer.append(numpy_helper.from_array(np.abs(rng.standard_normal(shape)).astype(np.float32), name))
+    return model
+
+
+def test_mac_operators_are_classified_by_shape() -> None:
+    g = cost_model.analyse(convs())
+    assert [o.op_class for o in g.ops if o.macs] == ["conv", "depthwise", "pointwise", "matvec"]
+    assert [o.op_class for o in cost_model.analyse(mlp(32)).ops if o.macs] == ["matvec", "matvec"]
+
+
+def test_a_kernel_figure_sets_its_class_rate_and_fixed_cost_for_its_runtime_only() -> None:
+    g = cost_model.analyse(convs())
+    fast_memory = {"ram": "512 MiB", "storage": "8 GB", "bandwidth_gbps": 1000}
+    plain = board(memory=fast_memory)
+    slow_depthwise = board(memory=fast_memory,
+                           throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 0, "call_overhead_us": 0,
+                                       "kernels": [{"runtime": "onnxruntime", "op": "depthwise", "format": "fp32",
+                                                    "efficiency": 0.1, "fixed_us": 7}]})
+    depthwise_macs = next(o.macs for o in g.ops if o.op_class == "depthwise")
+    base = cost_model.estimate(g, plain, NumberFormat.FP32)
+    slow = cost_model.estimate(g, slow_depthwise, NumberFormat.FP32)
+    # At 5 GFLOPS and 1 TB/s the depthwise layer is compute-bound either way: its time grows by 9x its MACs' plus 7 us.
+    assert slow.compute_ms - base.compute_ms == pytest.approx((2 * depthwise_macs / 5e9 * 9 + 7e-6) * 1e3)
+    assert cost_model.estimate(g, slow_depthwise, NumberFormat.FP32, runtime=Runtime.LITERT).latency_ms == pytest.approx(base.latency_ms)
+
+
+def test_onnxruntime_int8_pays_for_the_float_islands_of_its_qdq_graph() -> None:
+    """A BatchNormalization is fused into the Conv in fp32 but stays float in an int8 QDQ graph:
+    a DequantizeLinear per input, a QuantizeLinear, and two layout Transposes next to the int8 Conv."""
+    g = cost_model.analyse(convs())
+    costly = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0})
+    ort = cost_model.estimate(g, costly, NumberFormat.INT8, runtime=Runtime.ONNXRUNTIME)
+    litert = cost_model.estimate(g, costly, NumberFormat.INT8, runtime=Runtime.LITERT)
+    fp32 = cost_model.estimate(g, costly, NumberFormat.FP32)
+    assert fp32.overhead_ms == pytest.approx(0.005)  # four MAC operators and the pool; Relu and BN fused, Flatten free
+    # int8 in onnxruntime: the same five, Q and DQ at the graph's edges, and the BN island (itself,
+    # 5 DequantizeLinear, 1 QuantizeLinear, 2 Transposes).
+    assert ort.overhead_ms == pytest.approx(0.005 + 0.002 + 0.009)
+    assert litert.overhead_ms == pytest.approx(0.005)
+    # A profile that measured what such an island costs: that figure replaces the modelled operators.
+    measured = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0,
+                                 "qdq_island": {"fixed_us": 20, "ns_per_element": 10}})
+    bn = next(o for o in g.ops if o.op_type == "BatchNormalization")
+    island = cost_model.estimate(g, measured, NumberFormat.INT8, runtime=Runtime.ONNXRUNTIME)
+    # The BN after a Conv has exactly the 8 extra operators the figure was measured on.
+    assert island.overhead_ms == pytest.approx(0.005 + 0.002 + 0.001 + 0.020 + bn.activation_elements * 1e-8 * 1e3)
+
+
+def test_fp16_on_a_counted_phone_gpu_beats_cpu_int8_for_a_big_conv_net_but_not_for_a_tiny_mlp(digits_mlp) -> None:  # type: ignore[no-untyped-def]
+    phone = load_profile("android-midrange")
+    big = cost_model.analyse(model_zoo.resnet18())  # 1.8 GMAC at 224x224
+    gpu = cost_model.estimate(big, phone, NumberFormat.FP16, runtime=Runtime.LITERT)
+    cpu_int8 = cost_model.estimate(big, phone, NumberFormat.INT8, runtime=Runtime.LITERT)
+    assert gpu.unit == "Adreno 642L GPU (fp16)" and cpu_int8.unit == "CPU"
+    assert gpu.latency_ms < cpu_int8.latency_ms
+    # onnxruntime has no GPU delegate here: the same fp16 model stays on the CPU.
+    assert cost_model.estimate(big, phone, NumberFormat.FP16, runtime=Runtime.ONNXRUNTIME).unit == "CPU"
+
+    tiny = cost_model.analyse(onnx.load(digits_mlp.onnx_path))
+    int8 = cost_model.estimate(tiny, phone, NumberFormat.INT8, runtime=Runtime.LITERT)
+    fp16 = cost_model.estimate(tiny, phone, NumberFormat.FP16, runtime=Runtime.LITERT)
+    assert int8.unit == fp16.unit == "CPU"  # a millisecond to invoke the GPU is more than the whole MLP on the CPU
+    assert int8.latency_ms < fp16.latency_ms
+
+
+def test_an_accelerator_not_counted_is_never_assumed_and_must_say_why() -> None:
+    for name in ("android-flagship", "android-midrange"):
+        phone = load_profile(name)
+        assert cost_model.usable_accelerators(phone, NumberFormat.INT8) == []  # the QNN delegate is not shipped
+        assert [a.kind for a in cost_model.usable_accelerators(phone, NumberFormat.FP16)] == ["gpu"]
+    npu = {"name": "NPU", "kind": "npu", "delegate": "qnn", "formats": ["int8"], "peak_gops": 1000, "counted": False}
+    with pytest.raises(ValueError, match="not_counted_because"):
+        board(accelerators=[npu])
+
+
+def test_a_kernel_figure_listed_twice_is_an_error() -> None:
+    figure = {"runtime": "onnxruntime", "op": "conv", "format": "int8", "efficiency": 1.0}
+    with pytest.raises(ValueError, match="onnxruntime/conv/int8 more than once"):
+        board(throughput={"fp32_gflops": 5, "int8_gops": 10, "kernels": [figure, figure]})
 
 
 def test_corrections_are_the_median_ratio_per_profile() -> None:

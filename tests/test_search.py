@@ -63,8 +63,8 @@ def test_the_grid_measures_every_point_once_and_the_cache_answers_the_second_run
     assert any(name.startswith("channel-prune(ratio=0.25)+") for name in measured)
     assert first.log["modes"]["onnxruntime"].startswith("grid")
     # Pruning and clustering leave the dense model's cost as it was (dense kernels), so their int8
-    # twins, which int8-static beats on every estimate and already meets the budget, are not built.
-    assert first.skipped["prune(sparsity=0.5)+int8-static"].startswith("dominated before building: int8-static")
+    # twins, which the unpruned int8 candidate matches on every estimate and which meets the budget, are not built.
+    assert first.skipped["prune(sparsity=0.5)+int8-static"].startswith("dominated before building: int8-")
     for m in measured.values():
         assert m.candidate.graph is not None and m.candidate.fidelity.samples == 100
     second = explore(loaded, data, served, options=options, budget=Budget())
@@ -157,14 +157,13 @@ def test_labels_in_a_separate_file_add_accuracy(digits_mlp, signing_key, tmp_pat
 
 
 def test_measure_on_fleet_benchmarks_the_best_candidates_on_a_real_agent(digits_mlp, signing_key, broker_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A real agent of the profile measures the candidates; the choice uses the measured latency."""
+    """A real agent of the profile measures the candidates in interleaved rounds; the choice uses the measured latency."""
     import uuid
 
     from conftest import AgentProcess, Watcher, clear_retained
 
     from edgefleet.agent import topics
     from edgefleet.agent.transport import BrokerURL
-    from edgefleet.compiler.compile import MEASURED_ON_FLEET
     from edgefleet.deploy.fleet_evaluator import FleetEvaluator
 
     profile = "generic-linux-x86_64"
@@ -173,7 +172,7 @@ def test_measure_on_fleet_benchmarks_the_best_candidates_on_a_real_agent(digits_
     agent = AgentProcess(broker_url, device, tmp_path / "data", signing_key[1], profile=profile).start()
     try:
         watcher.wait_for(lambda t, m: m.get("status") == "online", timeout=60)
-        evaluator = FleetEvaluator(broker=BrokerURL.parse(broker_url), devices={profile: [device]}, runs=10, warmup=1)
+        evaluator = FleetEvaluator(broker=BrokerURL.parse(broker_url), devices={profile: [device]}, runs=10, warmup=1, rounds=2)
         (result,) = compile_model(digits_mlp.onnx_path, [profile], calibration=digits_mlp.calibration_path,
                                   evaluation=digits_mlp.validation_path, out_dir=tmp_path / "out", key_path=signing_key[0],
                                   objective="latency", evaluator=evaluator)
@@ -183,16 +182,20 @@ def test_measure_on_fleet_benchmarks_the_best_candidates_on_a_real_agent(digits_
         clear_retained(broker_url, topics.state(device))
     rows = result.manifest.report["candidates"]
     measured = {r["scheme"]: r["measured_latency_ms"] for r in rows if r["measured_latency_ms"] is not None}
-    assert 1 <= len(measured) <= MEASURED_ON_FLEET and all(ms > 0 for ms in measured.values())
-    assert result.choice in measured and measured[result.choice] == min(measured.values())
-    assert "measured latency on the fleet" in result.plan.reason
+    assert evaluator.limit is not None and 1 <= len(measured) <= evaluator.limit and all(ms > 0 for ms in measured.values())
+    rounds = result.manifest.report["measured_latency"]["by_scheme"]
+    assert result.manifest.report["measured_latency"]["where"] == "on the fleet" and all(m["rounds"] == 2 for m in rounds.values())
+    # The fastest median, or one within measurement noise of it that is smaller: on the noise-tolerant front.
+    chosen = next(r for r in rows if r["chosen"])
+    assert result.choice in measured and chosen["pareto"]
+    assert "measured latency" in result.plan.reason and "on the fleet" in result.plan.reason
 
 
 def test_a_microcontroller_short_of_flash_gets_lookup_table_weights_checked_in_tflm(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import edgefleet.hardware_profiles
 
     nucleo = Path(edgefleet.hardware_profiles.__file__).parent / "nucleo-l4r5zi.yaml"
-    small = tmp_path / "tiny-mcu.yaml"  # the plain int8 model (27 KiB) does not fit its flash
+    small = tmp_path / "tiny-mcu.yaml"  # the plain int8 model (25 KiB) does not fit its flash
     small.write_text(nucleo.read_text().replace("name: nucleo-l4r5zi", "name: tiny-mcu").replace("  flash: 2 MiB", "  flash: 10 KiB"))
     with pytest.raises(NoCandidateFits) as info:
         compile_model(digits_mlp.onnx_path, [str(small)], out_dir=tmp_path / "out", key_path=signing_key[0],
