@@ -13,15 +13,29 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.compiler.errors import CalibrationError, CompileError
+from edgefleet.compiler.errors import (
+    CalibrationError,
+    CompileError,
+    TargetNotImplemented,
+)
 from edgefleet.compiler.planner import DEFAULT_BUDGET, Budget
 from edgefleet.compiler.report import render
 from edgefleet.compiler.signing import default_key_path, ensure_key
-from edgefleet.deploy.options import broker_option, json_option
+from edgefleet.deploy.options import (
+    broker_option,
+    json_option,
+    open_store,
+    parse_optional_db,
+)
+from edgefleet.deploy.store_backends import StoreLocation
+
+if TYPE_CHECKING:
+    from edgefleet.compiler.search import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +86,22 @@ log = logging.getLogger(__name__)
               help="When no candidate meets every limit, package the one that misses them by least instead of failing.")
 @click.option("--explain", is_flag=True, help="Print why each profile got its candidate, and write a Pareto plot (SVG) "
                                                "of the candidates next to the packages.")
-@click.option("--fleet-db", "fleet_db", metavar="URL", default=None,
+@click.option("--fleet-db", "fleet_db", metavar="URL", default=None, callback=parse_optional_db,
               help="Telemetry store (SQLite path or postgresql:// URL) whose benchmark reports correct the cost "
                    "model's latency estimates per profile (median measured / estimated, for packages the store "
                    "knows or that are in -o).")
 @click.option("--measure-on-fleet", is_flag=True,
-              help="Benchmark each profile's best candidates on an online device of that profile (from --fleet-db) "
-                   "over MQTT (--broker), and choose by measured latency instead of the estimate.")
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, metavar="URL",
-              help="MQTT broker of the fleet, for --measure-on-fleet.")
+              help="Benchmark each profile's 3 best candidates on an online device of that profile (from --fleet-db) "
+                   "over MQTT (--broker and its TLS options), 3 interleaved rounds each, and choose by measured "
+                   "latency instead of the estimate; candidates within measurement noise of the fastest count as "
+                   "tied and the smaller one wins.")
+@click.option("--measure-locally", is_flag=True,
+              help="Benchmark every feasible candidate on this machine (7 interleaved rounds, as the agent benchmarks) "
+                   "and choose by measured latency, ties within noise going to the smaller model. Use it when this "
+                   "machine is a device of the profile: compiling on the Pi itself, or for generic-linux-x86_64 on "
+                   "an x86-64 host. Refused for a profile of another CPU architecture or whose runtime is not "
+                   "installed here (TFLite Micro): compile those in a separate run.")
+@broker_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
 def compile_command(
     model: Path,
@@ -103,9 +124,10 @@ def compile_command(
     cache_dir: Path | None,
     best_effort: bool,
     explain: bool,
-    fleet_db: str | None,
+    fleet_db: StoreLocation | None,
     measure_on_fleet: bool,
-    broker: str,
+    measure_locally: bool,
+    broker: BrokerURL,
     as_json: bool,
 ) -> None:
     """Compress an ONNX model for hardware profiles and write one signed package per profile.
@@ -132,6 +154,9 @@ def compile_command(
     large spaces), within --time-budget, caching what it measured. It then picks, per profile,
     the candidate that minimises --objective (latency and energy estimated from the profile's
     throughput, bandwidth and power) among those within --max-drop, memory and the limits.
+    With --measure-locally or --measure-on-fleet it chooses by latency measured on a device of
+    the profile instead; candidates within measurement noise of the fastest count as tied, and
+    the smaller model wins.
 
     \b
     Examples:
@@ -139,12 +164,16 @@ def compile_command(
       edgefleet compile model.onnx --profile raspberry-pi-4 --profile raspberry-pi-5 --json
       edgefleet compile model.onnx --profile raspberry-pi-4 --profile android-flagship \\
           --profile nucleo-l4r5zi --data val.npz --max-drop 1% --objective latency --explain -o out/
+      edgefleet compile model.onnx --profile generic-linux-x86_64 --data val.npz --measure-locally
     """
     from edgefleet.compiler.compile import compile_model
     from edgefleet.compiler.search import DEFAULT_TIME_BUDGET_S, SearchOptions
     from edgefleet.hardware_profiles import ProfileError
 
-    key = _signing_key(key_path)
+    if not model.is_file():
+        # Checked before the default signing key is created: a typo in the path should leave nothing behind.
+        hint = "it is a directory; pass the .onnx file inside it" if model.is_dir() else "check the path"
+        raise click.ClickException(f"{model}: no such model file ({hint})")
     try:
         drop = _percent(max_drop) if max_drop is not None else None
         budget = Budget(min_agreement=min_agreement / 100, min_sqnr_db=min_sqnr, max_drop=drop, max_latency_ms=max_latency_ms,
@@ -157,10 +186,14 @@ def compile_command(
         cache = cache_dir if cache_dir is not None else Path(os.environ.get("EDGEFLEET_HOME", Path.home() / ".edgefleet")) / "cache" / "compile"
         search = SearchOptions(time_budget_s=time_budget if time_budget is not None else DEFAULT_TIME_BUDGET_S,
                                cache_dir=cache, objective=objective or "latency")
-    corrections = _fleet_corrections(fleet_db, out_dir) if fleet_db else None
+    if measure_on_fleet and measure_locally:
+        raise click.UsageError("--measure-on-fleet and --measure-locally both choose by measured latency: pick one")
     if measure_on_fleet and not fleet_db:
         raise click.UsageError("--measure-on-fleet finds devices in the telemetry store: pass --fleet-db URL too")
-    evaluator = _fleet_evaluator(fleet_db, broker) if measure_on_fleet and fleet_db else None
+    corrections = _fleet_corrections(fleet_db, out_dir) if fleet_db else None
+    evaluator = (_fleet_evaluator(fleet_db, broker) if measure_on_fleet and fleet_db
+                 else _local_evaluator(profiles) if measure_locally else None)
+    key = _signing_key(key_path)
     progress = not as_json and sys.stderr.isatty()
     try:
         results = compile_model(
@@ -201,34 +234,48 @@ def _percent(text: str) -> float:
     return number / 100
 
 
-def _fleet_evaluator(url: str, broker: str) -> object:
+def _fleet_evaluator(db: StoreLocation, broker: BrokerURL) -> Evaluator:
     """A ``FleetEvaluator`` over the devices the store last saw online; the fleet side is imported only here."""
-    from edgefleet.agent.transport import BrokerURL
     from edgefleet.deploy.fleet_evaluator import FleetEvaluator
-    from edgefleet.deploy.store import StoreError, TelemetryStore
+    from edgefleet.deploy.store import StoreError
 
     try:
-        broker_url = BrokerURL.parse(broker)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--broker") from None
-    try:
-        with TelemetryStore(url) as store:
-            return FleetEvaluator.from_store(store, broker=broker_url)
+        with open_store(db, flag="--fleet-db") as store:
+            return FleetEvaluator.from_store(store, broker=broker)
     except StoreError as exc:
-        raise click.ClickException(f"--fleet-db {url}: {exc}") from None
+        raise click.ClickException(f"--fleet-db: {exc}") from None
 
 
-def _fleet_corrections(url: str, out_dir: Path) -> dict[str, float]:
+def _local_evaluator(profiles: tuple[str, ...]) -> Evaluator:
+    """A ``LocalEvaluator``, refused up front (before any work) for profiles this machine cannot stand for."""
+    from edgefleet.compiler.local_evaluator import LocalEvaluator, refusal
+    from edgefleet.hardware_profiles import ProfileError, load_profile
+
+    problems = []
+    for name in profiles:
+        try:
+            problem = refusal(load_profile(name))
+        except (ProfileError, TargetNotImplemented) as exc:
+            raise click.ClickException(str(exc)) from None
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise click.UsageError("--measure-locally measures on this machine, which cannot stand for every profile:\n  "
+                               + "\n  ".join(problems))
+    return LocalEvaluator()
+
+
+def _fleet_corrections(db: StoreLocation, out_dir: Path) -> dict[str, float]:
     """Per-profile latency corrections from a telemetry store, joined with the manifests of the packages
     it knows and of those in ``out_dir`` (the previous compile's); the fleet side is imported only here."""
     from edgefleet.deploy.cost_feedback import corrections_from_store
-    from edgefleet.deploy.store import StoreError, TelemetryStore
+    from edgefleet.deploy.store import StoreError
 
     try:
-        with TelemetryStore(url) as store:
+        with open_store(db, flag="--fleet-db") as store:
             return {p: c.factor for p, c in corrections_from_store(store, package_dirs=[out_dir] if out_dir.is_dir() else []).items()}
     except StoreError as exc:
-        raise click.ClickException(f"--fleet-db {url}: {exc}") from None
+        raise click.ClickException(f"--fleet-db: {exc}") from None
 
 
 def _signing_key(key_path: Path | None) -> Path:

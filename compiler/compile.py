@@ -11,7 +11,9 @@ The steps, each in its own module:
    in TFLite Micro, with its tensor arena and flash (``tflm.candidates``)), and with search options
    also the structural passes' knobs (pruning, low-rank, clustering, ...) before them,
 5. choose a candidate per profile among its runtime's candidates (``planner``: fidelity budget,
-   memory, limits, then the objective estimated by ``cost_model``), and fail if any profile has none,
+   memory, limits, then the objective estimated by ``cost_model``), and fail if any profile has none;
+   with an evaluator (the fleet, or this machine), choose again by measured latency, candidates
+   within measurement noise of the fastest counting as tied (``noise_aware``),
 6. export, attach test vectors, sign and write ``OUT/<name>-<profile>.efpkg`` (``targets``, ``packaging``).
 
 Candidates do not depend on the profile (the same int8 model serves every onnxruntime device), so
@@ -44,13 +46,17 @@ from edgefleet.compiler.errors import CompileError, NoCandidateFits
 from edgefleet.compiler.onnx_model import LoadedModel, load_model
 from edgefleet.compiler.passes import Fp32Config, PassConfig, PassData
 from edgefleet.compiler.passes.quantize import DynamicInt8Config, StaticInt8Config
-from edgefleet.compiler.planner import Budget, Candidate, Plan
+from edgefleet.compiler.planner import Budget, Candidate, Plan, fidelity_loss
 from edgefleet.compiler.search import (
     Evaluator,
     Exploration,
     Measured,
+    MeasuredLatency,
+    MeasuredPoint,
     SearchOptions,
     explore,
+    noise_aware_choice,
+    noise_tolerant_front,
     rebuild,
 )
 from edgefleet.compiler.targets import EXPORTERS, Artifact, Exporter, exporter_for
@@ -61,14 +67,13 @@ from edgefleet.compiler.tflite.candidates import (
 from edgefleet.compiler.tflite.errors import ConversionError
 from edgefleet.compiler.tflm.candidates import TFLMCandidate, quantize_array
 from edgefleet.compiler.tflm.target import TFLMTarget as TFLMArtifacts
+from edgefleet.compiler.units import human_bytes
 from edgefleet.hardware_profiles import HardwareProfile, load_profile
 from edgefleet.hardware_profiles.schema import NumberFormat, Runtime
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES: tuple[PassConfig, ...] = (Fp32Config(), StaticInt8Config(), DynamicInt8Config(), *DEFAULT_LITERT_CANDIDATES)
-MEASURED_ON_FLEET = 3
-"""How many of a profile's best feasible candidates an evaluator measures."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -136,9 +141,10 @@ def compile_model(
     passes' knobs within its time budget. ``objective`` (latency, size or energy) makes the planner
     minimise it (cost-model estimates, scaled by ``corrections`` per profile); without it the fixed
     preference rules apply. ``plot`` writes ``<name>-<profile>-pareto.svg`` next to each package.
-    ``evaluator`` (e.g. ``deploy.fleet_evaluator.FleetEvaluator``) measures the
-    ``MEASURED_ON_FLEET`` best feasible candidates of each profile for real, and the choice then
-    uses their measured latency.
+    ``evaluator`` (``deploy.fleet_evaluator.FleetEvaluator``, ``local_evaluator.LocalEvaluator``) measures
+    the ``evaluator.limit`` best feasible candidates of each profile for real, and the choice then uses
+    their measured latency, candidates within measurement noise of the fastest counting as tied
+    (``search.noise_aware_choice``).
 
     Raises ``CompileError`` subclasses (and ``ProfileError`` for an unknown profile); writes nothing
     unless every profile gets a package (or, with ``best_effort``, the least-bad candidate).
@@ -214,23 +220,28 @@ def compile_model(
             return TFLMArtifacts().artifact(tflm, package=name), _quantized(held_out, tflm), _tflm_metrics(tflm, profile)
         return exporter.export(m.artifact.model, loaded.inputs, loaded.outputs), held_out, {}
 
+    latencies: dict[str, dict[str, MeasuredLatency]] = {}
     if evaluator is not None:
         for profile, exporter, _ in targets:
             plan = plans[profile.name]
             trial = sorted((v for v in plan.verdicts if v.feasible), key=lambda v: planner.objective_value(v, objective or "latency"))
             with tempfile.TemporaryDirectory(prefix="edgefleet-measure-") as tmp:
                 packages = {}
-                for i, v in enumerate(trial[:MEASURED_ON_FLEET]):
+                for i, v in enumerate(trial[:evaluator.limit]):
                     artifact, vectors, metrics = artifact_of(profile, exporter, v.candidate.scheme)
                     written = _write(plan, v.candidate, artifact, exporter=exporter, held_out=vectors, metrics=metrics,
                                      name=name, version=f"{version}.candidate{i}", out_dir=Path(tmp), key=key,
                                      reference_size=reference_sizes[exporter.runtime], extra={**extra, "notes": notes})
                     packages[v.candidate.scheme] = written.package_path.rename(Path(tmp) / f"candidate{i}.efpkg")
-                latencies = evaluator.measure(profile, packages)
-            if latencies:
-                plans[profile.name] = planner.plan(
+                got = evaluator.measure(profile, packages)
+            if got:
+                latencies[profile.name] = got
+                by_median = planner.plan(
                     measured[exporter.runtime], profile, budget=budget, runtime=exporter.runtime.value, carried=exporter.formats,
-                    objective=objective or "latency", corrections=corrections, best_effort=best_effort, measured=latencies)
+                    objective=objective or "latency", corrections=corrections, best_effort=best_effort,
+                    measured={s: m.median_ms for s, m in got.items()})
+                # Ties within noise are judged on latency; energy and size objectives keep the planner's choice.
+                plans[profile.name] = noise_aware(by_median, got, where=evaluator.where) if (objective or "latency") == "latency" else by_median
 
     out = []
     for profile, exporter, target_notes in targets:
@@ -240,6 +251,9 @@ def compile_model(
         chosen_verdict = next(v for v in plan.verdicts if v.candidate is plan.chosen)
         cost = {"cost_estimate": chosen_verdict.estimate.to_dict() if chosen_verdict.estimate else None,
                 "objective": objective}
+        if profile.name in latencies:
+            cost["measured_latency"] = {"where": evaluator.where if evaluator else None,
+                                        "by_scheme": {s: m.to_dict() for s, m in latencies[profile.name].items()}}
         plot_path = None
         if plot:
             plot_path = report.write_pareto_svg(plan, packaging.package_path(Path(out_dir), name, plan.profile).with_suffix("").with_name(
@@ -253,6 +267,33 @@ def compile_model(
             )
         )
     return out
+
+
+def noise_aware(plan: Plan, latencies: Mapping[str, MeasuredLatency], *, where: str) -> Plan:
+    """``plan`` (chosen by the lowest measured median) with the choice made by ``search.noise_aware_choice``
+    among its feasible measured candidates, their ``pareto`` marks on ``search.noise_tolerant_front`` of
+    (measured latency, size, fidelity loss), and a reason that names the ties."""
+    by_scheme = {v.candidate.scheme: v for v in plan.verdicts}
+    points = {s: MeasuredPoint(m, by_scheme[s].candidate.size_bytes, fidelity_loss(by_scheme[s].candidate.fidelity))
+              for s, m in latencies.items() if s in by_scheme and by_scheme[s].feasible}
+    if not points:
+        return plan
+    front = noise_tolerant_front(points)
+    pick, tied = noise_aware_choice(points)
+    verdicts = tuple(dataclasses.replace(v, pareto=v.candidate.scheme in front) if v.candidate.scheme in points else v
+                     for v in plan.verdicts)
+    chosen = by_scheme[pick].candidate
+    if len(tied) == 1:
+        ties = (f"Measured {where}: {pick} {points[pick].latency.describe()} is faster than the other "
+                f"{len(points) - 1} measured candidates by more than the measurement noise (95% CIs of the medians).")
+    else:
+        listed = "; ".join(f"{s} {points[s].latency.describe()}, {human_bytes(points[s].size_bytes)}" for s in tied)
+        ties = (f"Measured {where}, {len(tied)} of the {len(points)} measured candidates cannot be told apart from the "
+                f"fastest within measurement noise (their 95% CIs overlap its): {listed}. They count as tied, and the "
+                f"smallest model, then the lowest fidelity loss, wins: {pick}.")
+    reason = (plan.reason + " " + ties if plan.chosen is chosen
+              else f"{pick} for {plan.profile}: {ties} By the lowest median alone: {plan.reason}")
+    return dataclasses.replace(plan, verdicts=verdicts, chosen=chosen, reason=reason)
 
 
 def _served(targets: Sequence[tuple[HardwareProfile, Exporter, tuple[str, ...]]]) -> dict[Runtime, list[tuple[HardwareProfile, frozenset[NumberFormat]]]]:

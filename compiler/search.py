@@ -26,6 +26,10 @@ How the space is explored:
   chosen candidates);
 - ``time_budget_s`` bounds the exploration (the format stages always run).
 
+Measured latency: an ``Evaluator`` (the fleet, or this machine) measures candidates in interleaved
+rounds and returns each one's median with a 95% CI (``MeasuredLatency``); ``noise_aware_choice``
+then treats candidates within that noise of the fastest as tied (see there why).
+
 Knobs: ``KNOBS`` gives the grid values and ranges of the passes known here. A pass registered
 later appears without changes here: a config class may declare ``search_space`` (a ClassVar
 mapping field -> grid values); otherwise its default config is one point.
@@ -161,14 +165,96 @@ class Exploration:
     log: dict[str, Any] = field(default_factory=dict)
 
 
-class Evaluator(Protocol):
-    """Measures candidates' latency somewhere real instead of estimating it (``compile --measure-on-fleet``).
+@dataclass(frozen=True)
+class MeasuredLatency:
+    """A candidate's latency measured on a device: the median of per-round medians and its 95% CI.
 
-    ``measure`` gets a profile and signed packages of some of its candidates, by scheme, and returns
-    the measured latency (ms) of those it could run; an empty result leaves the estimates in charge.
+    A round is one benchmark of the candidate (warm-up, then timed runs); candidates are measured in
+    interleaved rounds, so the spread between rounds is what load and drift do to one figure.
     """
 
-    def measure(self, profile: HardwareProfile, packages: Mapping[str, Path]) -> dict[str, float]: ...
+    median_ms: float
+    low_ms: float
+    high_ms: float
+    rounds: int
+
+    @classmethod
+    def from_rounds(cls, medians: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> MeasuredLatency:
+        """Percentile bootstrap of the median over rounds. Hand-written (a few lines of numpy) because
+        scipy.stats.bootstrap would make scipy a dependency of the compiler for this alone."""
+        if not medians:
+            raise ValueError("no rounds measured")
+        x = np.asarray(medians, dtype=np.float64)
+        boot = np.median(np.random.default_rng(seed).choice(x, size=(resamples, len(x))), axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        return cls(float(np.median(x)), float(low), float(high), len(x))
+
+    def faster_than(self, other: MeasuredLatency) -> bool:
+        """Faster beyond measurement noise: the two 95% intervals do not overlap."""
+        return self.high_ms < other.low_ms
+
+    def describe(self) -> str:
+        return f"{self.median_ms:.4g} ms (95% CI {self.low_ms:.4g}-{self.high_ms:.4g}, {self.rounds} rounds)"
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+class Evaluator(Protocol):
+    """Measures candidates' latency somewhere real instead of estimating it (``compile --measure-on-fleet``,
+    ``--measure-locally``).
+
+    ``measure`` gets a profile and signed packages of some of its candidates, by scheme, and returns
+    the measured latency of those it could run; an empty result leaves the estimates in charge.
+    ``limit`` is how many of a profile's best feasible candidates (by estimate) it measures, None for
+    all of them; ``where`` says where, for the report ("on the fleet", "on this machine").
+    """
+
+    limit: int | None
+    where: str
+
+    def measure(self, profile: HardwareProfile, packages: Mapping[str, Path]) -> dict[str, MeasuredLatency]: ...
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """What the noise-aware choice compares: measured latency, model size, fidelity loss."""
+
+    latency: MeasuredLatency
+    size_bytes: int
+    fidelity_loss: float
+
+
+def dominates(a: MeasuredPoint, b: MeasuredPoint) -> bool:
+    """``a`` is faster than ``b`` by more than the measurement noise, and no larger and no less faithful.
+
+    A latency difference within the noise makes no candidate better than another: that is what
+    lets measured candidates be compared at all when they differ by microseconds.
+    """
+    return a.latency.faster_than(b.latency) and a.size_bytes <= b.size_bytes and a.fidelity_loss <= b.fidelity_loss
+
+
+def noise_tolerant_front(points: Mapping[str, MeasuredPoint]) -> set[str]:
+    """The names no other point dominates (``dominates``) on (measured latency, size, fidelity loss)."""
+    return {n for n, p in points.items() if not any(dominates(q, p) for m, q in points.items() if m != n)}
+
+
+def noise_aware_choice(points: Mapping[str, MeasuredPoint]) -> tuple[str, list[str]]:
+    """(the choice, the names tied with the fastest, fastest first) among measured candidates that all meet the budget.
+
+    Why: on a small model the candidates differ by microseconds, below the noise of one device's
+    measurement, and the lowest median then picks by chance. So candidates whose 95% CI overlaps
+    the fastest one's count as tied, and the smaller model wins, then the lower fidelity loss, then
+    the lower median. The choice is on ``noise_tolerant_front``: a candidate faster than it beyond
+    noise would overlap the fastest too, so it would be among the ties, and win them if no larger
+    and no less faithful.
+    """
+    if not points:
+        raise ValueError("no measured candidates to choose from")
+    fastest = min(points.values(), key=lambda p: p.latency.median_ms).latency
+    tied = sorted((n for n, p in points.items() if not fastest.faster_than(p.latency)), key=lambda n: points[n].latency.median_ms)
+    pick = min(tied, key=lambda n: (points[n].size_bytes, points[n].fidelity_loss, points[n].latency.median_ms, n))
+    return pick, tied
 
 
 def format_stages(runtime: Runtime, *, has_calibration: bool, search: bool,
@@ -430,7 +516,7 @@ class _Judge:
 
     def costs(self, c: Candidate, profile: HardwareProfile, size: float | None = None) -> tuple[float, float, float]:
         assert c.graph is not None
-        e = cost_model.estimate(c.graph, profile, c.number_format, runtime_quantization=c.runtime_quantization,
+        e = cost_model.estimate(c.graph, profile, c.number_format, runtime=c.runtime, runtime_quantization=c.runtime_quantization,
                                 correction=cost_model.correction_for(profile.name, self.corrections),
                                 decoded_weights=c.decodes_weights)
         return e.latency_ms, e.energy_mj, float(c.size_bytes if size is None else size)

@@ -101,6 +101,11 @@ def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def parse_optional_db(ctx: click.Context, param: click.Parameter, value: str | None) -> StoreLocation | None:
+    """A click callback for options that name a store only when given (``compile --fleet-db``)."""
+    return _parse_db(ctx, param, value) if value else None
+
+
 def db_option(fn: F) -> F:
     """``--db PATH|URL`` -> a ``StoreLocation`` argument named ``db``; defaults to ``$EDGEFLEET_HOME/fleet.db``.
 
@@ -156,11 +161,12 @@ def format_bytes(n: float) -> str:
 
 
 @contextmanager
-def open_store(db: Path | StoreLocation) -> Iterator[TelemetryStore]:
-    """The telemetry store at ``db``; a store that cannot be opened is a usage error saying why."""
+def open_store(db: Path | StoreLocation, *, flag: str | None = None) -> Iterator[TelemetryStore]:
+    """The telemetry store at ``db``; a store that cannot be opened is a usage error saying why
+    (naming ``flag``, e.g. ``--fleet-db``, when the option is not the usual ``--db``)."""
     try:
         store = TelemetryStore(db)
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{flag}: {exc}" if flag else str(exc)) from None
     with store:
         yield store

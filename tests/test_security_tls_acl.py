@@ -278,6 +278,34 @@ def test_agent_over_tls_installs_a_pushed_package(
         agent.stop()
 
 
+def test_compile_measures_on_the_fleet_over_tls(
+    secure: SecureBroker, tmp_path: Path, signing_key: tuple[Path, Path], digits_mlp  # type: ignore[no-untyped-def]
+) -> None:
+    """``compile --measure-on-fleet`` takes the fleet's --broker and TLS options and benchmarks on an agent over TLS."""
+    from edgefleet.agent.messages import DeviceState
+    from edgefleet.compiler.cli import compile_command
+    from edgefleet.deploy.store import TelemetryStore
+
+    profile = "generic-linux-x86_64"
+    url = secure.url(secure.dev_a)
+    agent = AgentProcess(str(url), secure.dev_a, tmp_path / "agent", signing_key[1], profile=profile,
+                         extra=("--tls-ca", str(url.ca_file), "--tls-cert", str(url.cert_file),
+                                "--tls-key", str(url.key_file), "--group", secure.group)).start()
+    with TelemetryStore(tmp_path / "fleet.db") as store:
+        store.record_state(DeviceState(device_id=secure.dev_a, status="online", profile=profile))
+    try:
+        result = CliRunner().invoke(compile_command, [
+            str(digits_mlp.onnx_path), "--profile", profile, "--calibration", str(digits_mlp.calibration_path),
+            "--objective", "latency", "--key", str(signing_key[0]), "-o", str(tmp_path / "out"), "--json",
+            "--fleet-db", str(tmp_path / "fleet.db"), "--measure-on-fleet", *secure.cert_args("operator")])
+        assert result.exit_code == 0, result.output + agent.log()
+    finally:
+        agent.stop()
+    (package,) = json.loads(result.stdout)["packages"]
+    assert package["measured_latency"]["where"] == "on the fleet" and package["measured_latency"]["by_scheme"]
+    assert any(r["measured_latency_ms"] for r in package["candidates"])
+
+
 @pytest.mark.parametrize("mistake, message", [
     ("wrong CA", "signed by a CA this client does not trust; pass that CA with --tls-ca"),
     ("certificate from another CA", "it most likely refused this client's certificate"),
