@@ -19,8 +19,9 @@ How the space is explored:
 - then the structural knobs: a grid when the space is small (``grid_limit`` points per runtime),
   otherwise optuna's TPE sampler over continuous knob ranges, as many trials as the time budget allows;
 - a point is skipped before it is built when a measured candidate already meets the budget on
-  every profile of its runtime and is no worse on estimated latency, energy and size: it could be
-  no more than a higher-fidelity twin, and the choice would not change;
+  every profile of its runtime and is no worse on estimated latency, energy and size (estimated as
+  the planner will, in the point's runtime and on the unit it would run on, e.g. fp16 on a phone's
+  GPU): it could be no more than a higher-fidelity twin, and the choice would not change;
 - results are cached on disk, keyed by the model's bytes, the data, the point and the tool versions,
   so a second compile of the same model measures nothing again (artifacts are rebuilt only for the
   chosen candidates);
@@ -582,7 +583,11 @@ def _try(builder: _Builder, judge: _Judge, runtime: Runtime, steps: tuple[PassCo
         if Point(steps, s).name in got or Point(steps, s).name in skipped:
             continue  # measured (or refused) in an earlier trial
         lut = bool(getattr(s, "lut", False))
-        probe = Candidate(scheme="probe", config={"lut": lut}, number_format=s.number_format,
+        # The probe carries the point's whole config, runtime included: the cost model places a LiteRT
+        # fp16 candidate on a counted GPU only when it knows the runtime. Without it every probe was
+        # estimated as onnxruntime on the CPU, so a pruned fp16 point looked slower than the unpruned
+        # int8 one and was skipped as dominated, on exactly the phones where fp16 on the GPU is fastest.
+        probe = Candidate(scheme="probe", config=Point(steps, s).to_dict(), number_format=s.number_format,
                           runtime_quantization=s.runtime_quantization, modified=True, params=params, nonzero_params=params,
                           size_bytes=0, ram_bytes=0, fidelity=Fidelity(0, False, ()), graph=graph)
         predicted = _predicted_size(probe)
