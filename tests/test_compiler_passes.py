@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.agent.package import TensorSpec
-from edgefleet.compiler import calibration, fidelity, inference, stats
+from edgefleet.compiler import calibration, fidelity, inference, model_zoo, stats
 from edgefleet.compiler.errors import CalibrationError, ModelError, PassError
 from edgefleet.compiler.onnx_model import load_model, prepare
 from edgefleet.compiler.passes import (
@@ -212,6 +212,21 @@ def test_static_int8_is_per_channel_qdq_by_default() -> None:
     scales = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
     assert scales["w0_scale"].shape == (32,)  # one scale per output channel
     assert "calibrated on 32 samples from test" in result.report.notes
+
+
+def test_static_int8_folds_batchnorm_into_the_conv_so_no_float_island_is_left() -> None:
+    model = model_zoo.mobilenetv2_block()
+    images = np.random.default_rng(0).standard_normal((32, 1, 3, 32, 32)).astype(np.float32)
+    data = calibration.Dataset(arrays={"input": images}, source="test")
+    result = StaticInt8()(model, PassData(evaluation=data, calibration=data))
+    graph = result.model.graph
+    assert not [n for n in graph.node if n.op_type == "BatchNormalization"]
+    # With the BatchNormalization folded, every Conv writes straight into a QuantizeLinear, which
+    # onnxruntime fuses with it into one int8 kernel; an unfolded one left a float island there.
+    for conv in (n for n in graph.node if n.op_type == "Conv"):
+        assert {n.op_type for n in graph.node if conv.output[0] in n.input} == {"QuantizeLinear"}, conv.name
+    assert "folded 7 BatchNormalization(s) into the Conv before each, so none runs in float" in result.report.notes
+    assert result.report.fidelity.cosine > 0.99
 
 
 def test_static_int8_needs_real_calibration_data() -> None:

@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from edgefleet.compiler.batchnorm import fold_batchnorm, single_consumer
 from edgefleet.compiler.errors import ModelError
 from edgefleet.compiler.onnx_model import fix_batch_dimension
 from edgefleet.compiler.tflite.errors import ConversionError
@@ -73,7 +74,7 @@ def prepare(model: onnx.ModelProto, *, input_shapes: dict[str, list[int]] | None
         shapes = {**_infer(model), **{k: tuple(v.shape) for k, v in constants.items()}}
     if folded:
         notes.append(f"folded {folded} constant node(s) (shape arithmetic and constant subgraphs)")
-    notes += _fold_batchnorm(model, constants)
+    notes += fold_batchnorm(model, constants)
     notes += _spatial_1d_to_2d(model, constants, shapes)
     notes += _matmul_add_to_gemm(model, constants, shapes)
     notes += _fuse_gelu(model, constants, shapes)
@@ -194,47 +195,6 @@ def _fold_constants(
     return folded
 
 
-def _single_consumer(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
-    users = [n for n in model.graph.node if name in n.input]
-    if len(users) != 1 or name in {o.name for o in model.graph.output}:
-        return None
-    return users[0]
-
-
-def _fold_batchnorm(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> list[str]:
-    notes = []
-    for conv in list(model.graph.node):
-        if conv.op_type not in ("Conv", "ConvTranspose") or conv.input[1] not in constants:
-            continue
-        bn = _single_consumer(model, conv.output[0])
-        if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) > 1 and any(bn.output[1:]):
-            continue
-        if not all(i in constants for i in bn.input[1:5]):
-            continue
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        gamma, beta, mean, var = (constants[i].astype(np.float64) for i in bn.input[1:5])
-        scale = gamma / np.sqrt(var + eps)
-        w = constants[conv.input[1]].astype(np.float64)
-        if conv.op_type == "Conv":
-            w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
-        else:  # ConvTranspose weights are [C_in, C_out/group, ...]; only group 1 is folded
-            if any(a.name == "group" and a.i != 1 for a in conv.attribute):
-                continue
-            w = w * scale.reshape(1, -1, *([1] * (w.ndim - 2)))
-        b = constants[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean)
-        b = (b - mean) * scale + beta
-        w_name, b_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
-        constants[w_name] = w.astype(np.float32)
-        constants[b_name] = b.astype(np.float32)
-        x = conv.input[0]
-        del conv.input[:]
-        conv.input.extend([x, w_name, b_name])
-        conv.output[0] = bn.output[0]
-        model.graph.node.remove(bn)
-        notes.append(f"folded BatchNormalization {bn.name!r} into {conv.op_type} {conv.name!r}")
-    return notes
-
-
 _SPATIAL_1D = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 _WINDOW_ATTRS = {"kernel_shape": 1, "strides": 1, "dilations": 1}
 """Window attributes and the value of the new, leading height entry."""
@@ -283,7 +243,7 @@ def _matmul_add_to_gemm(
             continue
         if len(shapes.get(mm.input[0], ())) != 2:
             continue
-        add = _single_consumer(model, mm.output[0])
+        add = single_consumer(model, mm.output[0])
         if add is None or add.op_type != "Add":
             continue
         other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
@@ -311,7 +271,7 @@ def _fuse_gelu(model: onnx.ModelProto, constants: dict[str, np.ndarray], shapes:
     for erf in [n for n in model.graph.node if n.op_type == "Erf"]:
         producers = {o: n for n in model.graph.node for o in n.output}
         scaled = producers.get(erf.input[0])
-        if scaled is None or _single_consumer(model, scaled.output[0]) is not erf:
+        if scaled is None or single_consumer(model, scaled.output[0]) is not erf:
             continue
         if (scaled.op_type == "Div" and scalar(scaled.input[1], float(np.sqrt(2)))
                 or scaled.op_type == "Mul" and scalar(scaled.input[1], float(np.sqrt(0.5)))):
@@ -320,21 +280,21 @@ def _fuse_gelu(model: onnx.ModelProto, constants: dict[str, np.ndarray], shapes:
             x = scaled.input[1]
         else:
             continue
-        add = _single_consumer(model, erf.output[0])
+        add = single_consumer(model, erf.output[0])
         if add is None or add.op_type != "Add" or not any(scalar(i, 1.0) for i in add.input):
             continue
-        mul = _single_consumer(model, add.output[0])
+        mul = single_consumer(model, add.output[0])
         if mul is None or mul.op_type != "Mul":
             continue
         other = mul.input[1] if mul.input[0] == add.output[0] else mul.input[0]
         half = producers.get(other)
         if other == x:
-            last = _single_consumer(model, mul.output[0])
+            last = single_consumer(model, mul.output[0])
             if last is None or last.op_type != "Mul" or not any(scalar(i, 0.5) for i in last.input):
                 continue
             group = [scaled, erf, add, mul, last]
         elif (half is not None and half.op_type == "Mul" and x in half.input and any(scalar(i, 0.5) for i in half.input)
-              and _single_consumer(model, half.output[0]) is mul):
+              and single_consumer(model, half.output[0]) is mul):
             group, last = [half, scaled, erf, add, mul], mul
         else:
             continue
