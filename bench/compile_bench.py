@@ -9,9 +9,11 @@ Sections, printed as Markdown tables for docs/benchmarks.md ("Compiler: choosing
   101 (call and per-operator overhead), 128x256x256 Gemm layers in fp32 and int8 QDQ (the peaks), and
   Conv 3x3, 1x1 (pointwise), depthwise 3x3, Gemm and batch-1 Gemm (matvec) layers at a few sizes
   in fp32 and int8 QDQ, each alone and in a stack of 3 (one more layer of a stack is what a layer
-  costs inside a network), from which each class's efficiency and fixed cost are fitted by least
-  squares; a batch-1 Gemm over 64 MB for the memory bandwidth, elementwise chains on 256 KB tensors
-  for the in-cache rate. Prints the tables and the YAML to paste into the profile.
+  costs inside a network), from which each class's efficiency and fixed cost (per layer and per
+  output element) are fitted by least squares, and what an int8 graph adds at its edges; stacks of
+  (Conv, Relu, BatchNormalization) for what a float island in an int8 graph costs; a batch-1 Gemm
+  over 64 MB for the memory bandwidth, elementwise chains on 256 KB tensors for the in-cache rate.
+  Prints the tables and the YAML to paste into the profile.
 - ``cost``: the cost model's latency estimate for the generic profile against onnxruntime's
   measured median on this machine, per model of the model set, fp32 and int8-static (QDQ,
   calibrated on 16 random inputs: latency does not depend on the calibration). Out of sample: no
@@ -114,7 +116,8 @@ def measured_ms(models: dict[str, onnx.ModelProto], runs: int, repeats: int = 3)
 # machine, longer runs are preempted mid-inference and stall onnxruntime's two threads (a 5-layer
 # stack of 64x512x512 Gemms measured 5x slower per layer than one alone).
 _STACK = 3
-_CONVS = [(8, 32), (16, 32), (32, 16), (64, 16), (128, 8)]
+# The two smallest, like the digits CNN's layers, separate a per-layer fixed cost from one per output element.
+_CONVS = [(4, 8), (16, 8), (8, 32), (16, 32), (32, 16), (64, 16), (128, 8)]
 _GEMMS = [("gemm", 16, 256), ("gemm", 64, 128), ("gemm", 64, 256), ("gemm", 128, 256),
           ("matvec", 1, 128), ("matvec", 1, 256), ("matvec", 1, 512), ("matvec", 1, 1024)]
 # A batch-1 Gemm whose 64 MB of fp32 weights no cache holds: it measures the memory bandwidth.
@@ -159,7 +162,8 @@ def micro_models(depth: int) -> dict[tuple[str, str], onnx.ModelProto]:
 
 
 def island_models(depth: int) -> dict[str, onnx.ModelProto]:
-    """Size label -> ``depth`` of (Conv 3x3, BatchNormalization): int8 QDQ leaves each BN in float."""
+    """Size label -> ``depth`` of (Conv 3x3, Relu, BatchNormalization): int8 QDQ leaves each BN in float
+    (the int8 pass folds a BN right after a Conv into it, so this one follows the Relu)."""
     rng = np.random.default_rng(1)
     out: dict[str, onnx.ModelProto] = {}
     for c, hw in _CONVS:
@@ -168,7 +172,8 @@ def island_models(depth: int) -> dict[str, onnx.ModelProto]:
             bn = {f"{k}{i}": v for k, v in (("s", rng.uniform(0.5, 1.5, c)), ("o", rng.standard_normal(c) * 0.1),
                                              ("m", rng.standard_normal(c) * 0.1), ("v", rng.uniform(0.5, 1.5, c)))}
             nodes = [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1] * 4),
-                     helper.make_node("BatchNormalization", [f"c{i}", f"s{i}", f"o{i}", f"m{i}", f"v{i}"], [y])]
+                     helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+                     helper.make_node("BatchNormalization", [f"r{i}", f"s{i}", f"o{i}", f"m{i}", f"v{i}"], [y])]
             return nodes, {f"w{i}": w, **{k: v.astype(np.float32) for k, v in bn.items()}}
         names = ["x", *(f"t{i}" for i in range(1, depth)), "y"]
         nodes: list[onnx.NodeProto] = []
@@ -196,13 +201,19 @@ def int8_static(model: onnx.ModelProto) -> onnx.ModelProto:
     return StaticInt8()(model, PassData(evaluation=samples, calibration=samples)).model
 
 
-def fit_class(macs: list[int], kernel_us: list[float], peak_gops: float) -> tuple[float, float]:
-    """(efficiency, fixed_us) of ``kernel_us = fixed_us + 2 x MACs / (peak x efficiency)``, least squares
-    on relative error (small and large operators count alike), both terms non-negative."""
+def fit_class(macs: list[int], outputs: list[int], kernel_us: list[float], peak_gops: float) -> tuple[float, float, float]:
+    """(efficiency, fixed_us, ns_per_output) of ``kernel_us = fixed_us + ns_per_output x outputs / 1000 +
+    2 x MACs / (peak x efficiency)``, least squares on relative error (small and large operators count
+    alike), every term non-negative. Where MACs are a fixed multiple of the outputs (a 3x3 depthwise
+    layer does 9 per output) the two cannot be told apart, and the MACs take it all."""
     t = np.array(kernel_us)
-    a = np.stack([np.ones_like(t), 2 * np.array(macs, dtype=float) / (peak_gops * 1e3)], axis=1) / t[:, None]
-    (fixed, inverse), _ = scipy.optimize.nnls(a, np.ones_like(t))
-    return (1 / inverse if inverse > 0 else float("inf")), float(fixed)
+    out_col, mac_col = np.array(outputs, dtype=float) * 1e-3, 2 * np.array(macs, dtype=float) / (peak_gops * 1e3)
+    separable = np.linalg.matrix_rank(np.stack([out_col / out_col.max(), mac_col / mac_col.max()], axis=1), tol=1e-6) == 2
+    if not separable:
+        out_col = np.zeros_like(out_col)
+    a = np.stack([np.ones_like(t), out_col, mac_col], axis=1) / t[:, None]
+    (fixed, per_output, inverse), _ = scipy.optimize.nnls(a, np.ones_like(t))
+    return (1 / inverse if inverse > 0 else float("inf")), float(fixed), float(per_output)
 
 
 def section_host(runs: int) -> None:
@@ -222,7 +233,7 @@ def section_host(runs: int) -> None:
             models[f"{op} {size} int8 x{depth}"] = int8_static(model)
     for depth in (1, _STACK):
         for size, model in island_models(depth).items():
-            models[f"conv+bn {size} int8 x{depth}"] = int8_static(model)
+            models[f"conv+relu+bn {size} int8 x{depth}"] = int8_static(model)
     ms = measured_ms(models, runs, repeats=5)
     per_op_us = (ms["101 ops"] - ms["1 op"]) / 100 * 1e3
     call_us = ms["1 op"] * 1e3 - per_op_us
@@ -235,6 +246,13 @@ def section_host(runs: int) -> None:
         """What one more layer costs inside a stack, its dispatch left out."""
         return max((ms[f"{op} {size} {f} x{_STACK}"] - ms[f"{op} {size} {f} x1"]) * 1e3 / (_STACK - 1) - per_op_us, 0.1)
 
+    def edges_us(op: str, size: str) -> float:
+        """What an int8 QDQ graph adds at its edges: one int8 layer less the fp32 one, less their per-layer difference."""
+        alone = (ms[f"{op} {size} int8 x1"] - ms[f"{op} {size} fp32 x1"]) * 1e3
+        return alone - (layer_us(op, size, "int8") - layer_us(op, size, "fp32"))
+
+    # The median over every layer: a few big layers' differences are noise on this shared machine.
+    qdq_edges_us = statistics.median(edges_us(op, size) for op, size in one)
     peak_macs = 128 * 256 * 256
     gops = {f: 2 * peak_macs / layer_us("gemm", "128x256x256", f) / 1e3 for f in ("fp32", "int8")}
     profile = load_profile(GENERIC)
@@ -246,25 +264,29 @@ def section_host(runs: int) -> None:
     print(f"| 128x256x256 Gemm fp32, per layer of a stack (GFLOPS) | {gops['fp32']:.0f} | {p.fp32_gflops} |")
     print(f"| 128x256x256 Gemm int8 QDQ, per layer of a stack (GOPS) | {gops['int8']:.0f} | {p.int8_gops} |")
     print(f"| 1x4096x4096 Gemm fp32, 64 MB of weights (GB/s) | {dram_gbps:.1f} | {profile.memory.bandwidth_gbps} |")
-    print(f"| elementwise pass over 256 KB, read + write (GB/s) | {cache_gbps:.1f} | {profile.memory.cache_bandwidth_gbps} |\n")
-    fitted: dict[tuple[str, str], tuple[float, float]] = {}
+    print(f"| elementwise pass over 256 KB, read + write (GB/s) | {cache_gbps:.1f} | {profile.memory.cache_bandwidth_gbps} |")
+    print(f"| int8 QDQ graph edges: quantize, dequantize, layout Transposes, median over layers (us) | {qdq_edges_us:.1f} | "
+          f"{p.qdq_edges_us} |\n")
+    fitted: dict[tuple[str, str], tuple[float, float, float]] = {}
     rows = []
     for op in ("conv", "pointwise", "depthwise", "gemm", "matvec"):
         for f in ("fp32", "int8"):
             keys = [size for o, size in one if o == op]
-            macs = [cost_model.analyse(one[(op, size)]).macs for size in keys]
+            graphs = [cost_model.analyse(one[(op, size)]) for size in keys]
+            macs = [g.macs for g in graphs]
+            outputs = [sum(o.output_elements for o in g.ops) for g in graphs]
             kernel = [layer_us(op, size, f) for size in keys]
-            eff, fixed = fit_class(macs, kernel, gops[f])
-            fitted[(op, f)] = (eff, fixed)
-            for size, n_macs, t in zip(keys, macs, kernel, strict=True):
-                model_us = fixed + 2 * n_macs / (gops[f] * 1e3 * eff)
+            eff, fixed, per_output = fit_class(macs, outputs, kernel, gops[f])
+            fitted[(op, f)] = (eff, fixed, per_output)
+            for size, n_macs, n_out, t in zip(keys, macs, outputs, kernel, strict=True):
+                model_us = fixed + per_output * n_out * 1e-3 + 2 * n_macs / (gops[f] * 1e3 * eff)
                 rows.append(f"| {op} {size} | {f} | {n_macs} | {ms[f'{op} {size} {f} x1'] * 1e3:.1f} | "
                             f"{ms[f'{op} {size} {f} x{_STACK}'] * 1e3:.1f} | {t:.1f} | {model_us:.1f} | {model_us / t:.2f} |")
-    # A BatchNormalization island: one more (Conv, BN) layer, less one more Conv layer, less BN's dispatch.
+    # A BatchNormalization island: one more (Conv, Relu, BN) layer, less one more Conv layer, less BN's dispatch.
     island_rows, island_elements, island_us = [], [], []
     for c, hw in _CONVS:
         size = f"{c} ch, {hw}x{hw}"
-        stacked = (ms[f"conv+bn {size} int8 x{_STACK}"] - ms[f"conv+bn {size} int8 x1"]) * 1e3 / (_STACK - 1)
+        stacked = (ms[f"conv+relu+bn {size} int8 x{_STACK}"] - ms[f"conv+relu+bn {size} int8 x1"]) * 1e3 / (_STACK - 1)
         island = max(stacked - layer_us("conv", size, "int8") - 2 * per_op_us, 0.1)
         island_elements.append(2 * c * hw * hw)
         island_us.append(island)
@@ -277,14 +299,16 @@ def section_host(runs: int) -> None:
           "\n|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## host: a BatchNormalization left in float between int8 convolutions (QDQ)\n")
-    print("| conv size | BN elements (in + out) | one more (Conv, BN), us | the BN island, us |\n|---|---|---|---|")
+    print("| conv size | BN elements (in + out) | one more (Conv, Relu, BN), us | the BN island, us |\n|---|---|---|---|")
     print("\n".join(island_rows))
     print("\nFitted figures for generic-linux-x86_64.yaml (efficiency against the peaks above):\n")
     print(f"```yaml\nmemory:\n  bandwidth_gbps: {dram_gbps:.1f}\n  cache_bandwidth_gbps: {cache_gbps:.0f}\nthroughput:\n"
           f"  fp32_gflops: {gops['fp32']:.0f}\n  int8_gops: {gops['int8']:.0f}\n"
           f"  call_overhead_us: {call_us:.1f}\n  op_overhead_us: {per_op_us:.2f}\n  kernels:")
-    for (op, f), (eff, fixed) in fitted.items():
-        print(f"    - {{runtime: onnxruntime, op: {op}, format: {f}, efficiency: {eff:.3g}, fixed_us: {fixed:.1f}}}")
+    for (op, f), (eff, fixed, per_output) in fitted.items():
+        print(f"    - {{runtime: onnxruntime, op: {op}, format: {f}, efficiency: {eff:.3g}, fixed_us: {fixed:.1f}, "
+              f"ns_per_output: {per_output:.2g}}}")
+    print(f"  qdq_edges_us: {qdq_edges_us:.1f}")
     print(f"  qdq_island: {{fixed_us: {island_fixed:.1f}, ns_per_element: {island_ns:.2f}}}")
     print("```\n")
 

@@ -4,17 +4,19 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
 
     latency = correction x (call overhead + sum over operators of
               (op overhead + max(compute, bytes moved / bandwidth)))
-    compute = fixed cost of its class + 2 x MACs / (throughput(format) x efficiency of its class)
+    compute = fixed cost of its class (per operator + per output element)
+              + 2 x MACs / (throughput(format) x efficiency of its class)
     energy  = latency x the profile's active power
 
 - MACs per operator come from ONNX shape inference, as ``stats.count_macs`` counts them (Conv,
   Gemm, MatMul); other operators only move bytes.
 - Operator classes: conv (k x k), pointwise (1x1), depthwise, gemm, and matvec (a Gemm/MatMul of
-  one row: batch 1). Their efficiency against the profile's peak and their fixed cost come from
-  ``throughput.kernels``, measured per runtime and format on single operators
-  (``bench/compile_bench.py --sections host``); a class a profile does not list runs at the peak
-  with no fixed cost. A matvec's measured efficiency is in effect the rate its weights stream from
-  cache, since it reads every weight once per MAC.
+  one row: batch 1). Their efficiency against the profile's peak and their fixed cost, a constant
+  per operator and a part per output element (packing the input, writing the output: a tiny
+  convolution's setup is a fraction of a big one's), come from ``throughput.kernels``, measured per
+  runtime and format on single operators (``bench/compile_bench.py --sections host``); a class a
+  profile does not list runs at the peak with no fixed cost. A matvec's measured efficiency is in
+  effect the rate its weights stream from cache, since it reads every weight once per MAC.
 - Bytes moved are the operator's weights in the candidate's number format plus its activations
   (inputs and outputs; int8 for statically quantized models, float32 otherwise). Weights that fit
   in the profile's last-level cache (``memory.cache``) stay there between inferences, and an
@@ -23,14 +25,20 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
   reading from cache costs is in its class's measured efficiency).
 - Throughput is the profile's ``fp32_gflops``/``int8_gops``/``fp16_gflops``; fp16 is computed as
   fp32 unless the profile marks it fast (LiteRT's CPU kernels widen fp16 weights at load time).
-- Static int8 in onnxruntime is a QDQ graph: operators with an int8 kernel (``_INT8_KERNELS``) fuse
-  their QuantizeLinear/DequantizeLinear pairs away, but any other operator (an unfolded
-  BatchNormalization, Add, Mul, Sigmoid...) runs in float between a DequantizeLinear per input and
-  a QuantizeLinear per output, plus, next to a convolution, two layout Transposes (onnxruntime runs
+- A BatchNormalization that alone reads a Conv's output costs nothing: the runtimes fold it for
+  fp32, and the int8 passes fold it before quantizing (``compiler.batchnorm``).
+- Static int8 in onnxruntime is a QDQ graph (uint8 activations, int8 weights): operators with an
+  int8 kernel (``_INT8_KERNELS``) fuse their QuantizeLinear/DequantizeLinear pairs away and run as
+  one dispatch each (a bias Add too, which fp32 fuses into its MatMul), but any other operator (Pow,
+  a BatchNormalization nothing folds...) runs in float between a DequantizeLinear per input and a
+  QuantizeLinear per output, plus, next to a convolution, two layout Transposes (onnxruntime runs
   int8 convolutions in NHWC). Each of those is one more dispatched operator and one more pass over
   the activations; ``throughput.qdq_island``, where a profile has it, is what one such island was
-  measured to cost instead. On the model set these float islands, not the int8 arithmetic, are
-  why int8 models ran 1.4-3x slower than fp32 (docs/benchmarks.md).
+  measured to cost instead, and ``throughput.qdq_edges_us`` what quantizing the input, dequantizing
+  the output and the layout Transposes around int8 convolutions cost per call. Unfolded
+  BatchNormalizations and int8 activations (which onnxruntime's x86 kernels cannot take where a
+  tensor has several readers) made such islands the reason int8 models ran 1.4-3x slower than fp32
+  here, until the int8-static pass stopped leaving them (docs/benchmarks.md).
 - Dynamic int8 quantizes each MAC operator's input on every call: one more operator, one more
   pass over that input. A dynamically quantized convolution runs ``ConvInteger``, for which
   onnxruntime's CPU provider has no optimised kernel: measured 20-200x slower than fp32 on the
@@ -86,15 +94,18 @@ _MAC_OPS: dict[str, tuple[int, int]] = {"Conv": (0, 1), "Gemm": (0, 1), "MatMul"
 _FUSED_AFTER_MAC = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "BatchNormalization"})
 # Nodes that only reshape metadata or are folded at load time.
 _FREE = frozenset({"Constant", "Shape", "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"})
-# Operators onnxruntime's CPU provider runs as int8 kernels in a QDQ graph (their Q/DQ pairs fuse
-# away), and those the quantizer folds into the QuantizeLinear's range. Read off onnxruntime 1.32's
-# optimised int8 graphs of the model set: QLinearConv, QGemm, QLinearConcat, QLinearGlobalAveragePool,
-# QLinearAveragePool, QLinearSoftmax, QLinearLeakyRelu; BatchNormalization, Add, Mul, Sigmoid stayed float.
-_INT8_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Softmax",
-                           "LeakyRelu"})
+# Operators onnxruntime's CPU provider runs as int8 kernels in a QDQ graph with uint8 activations
+# (what the int8-static pass writes; their Q/DQ pairs fuse away or drop), and those the quantizer
+# folds into the QuantizeLinear's range. Read off onnxruntime 1.32's optimised int8 graphs of the
+# model set: QLinearConv, QGemm, QLinearMatMul, QLinearAdd, QLinearMul, QLinearSigmoid,
+# QLinearConcat, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSoftmax, QLinearLeakyRelu,
+# NhwcMaxPool, and Resize, Split, Slice, Transpose on uint8 tensors; Pow and BatchNormalization stayed float.
+_INT8_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "Concat", "GlobalAveragePool", "AveragePool",
+                           "MaxPool", "Softmax", "LeakyRelu", "Resize", "Split", "Slice", "Transpose"})
 _INT8_ABSORBED = frozenset({"Relu", "Clip"})
-# The island ``throughput.qdq_island`` is measured on, a BatchNormalization after a Conv, counted as
-# an island's extra operators are counted below: one per input (5), its QuantizeLinear, two Transposes.
+# The island ``throughput.qdq_island`` is measured on, a BatchNormalization after a Conv and its Relu
+# (a BatchNormalization right after a Conv is folded into it), counted as an island's extra
+# operators are counted below: one per input (5), its QuantizeLinear, two Transposes.
 _MEASURED_ISLAND_OPS = 8
 
 # Overheads when a profile does not state them, in CPU cycles: a Linux runtime's Python call and
@@ -137,7 +148,9 @@ class OpCost:
     inputs: int = 0
     """Inputs, weights included: in a QDQ graph each gets a DequantizeLinear when the operator stays float."""
     follows_conv: bool = False
-    """Its first input is a convolution's output (an int8 QDQ graph transposes between the two)."""
+    """An input is a convolution's output (an int8 QDQ graph transposes between the two)."""
+    output_elements: int = 0
+    """For MAC operators: elements of the output, which the per-element part of a class's fixed cost scales with."""
 
 
 @dataclass(frozen=True)
@@ -198,19 +211,37 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
         if node.op_type in _FREE:
             ops.append(OpCost(node.name, node.op_type, 0, 0, 0, dispatch=False))
             continue
+        if node.op_type == "BatchNormalization" and _folded_into_conv(node, graph, constants):
+            # Every runtime here, and the int8 passes before quantizing, fold it into the Conv's weights.
+            conv_outputs.update(node.output)
+            ops.append(OpCost(node.name, node.op_type, 0, weights, 0, dispatch=False))
+            continue
         activations = sum(_elements(shapes.get(n)) for n in [*node.input, *node.output] if n and n not in constants)
         macs = _macs(node, shapes)
         # A bias Add after a MatMul becomes part of a Gemm in float (onnxruntime's MatMulAddFusion);
-        # in an int8 QDQ graph it stays a float island (see _on_cpu).
+        # in an int8 QDQ graph it runs as its own QLinearAdd (see _on_cpu).
         bias = node.op_type == "Add" and any(n in constants for n in node.input)
         fused = previous_mac and (node.op_type in _FUSED_AFTER_MAC or bias)
-        follows_conv = bool(node.input) and node.input[0] in conv_outputs
+        follows_conv = any(n in conv_outputs for n in node.input)
+        out_elements = _elements(shapes.get(node.output[0])) if macs else 0
         ops.append(OpCost(node.name, node.op_type, macs, weights, activations, dispatch=not fused,
-                          op_class=_op_class(node, shapes), inputs=sum(1 for n in node.input if n), follows_conv=follows_conv))
-        if node.op_type == "Conv":
+                          op_class=_op_class(node, shapes), inputs=sum(1 for n in node.input if n), follows_conv=follows_conv,
+                          output_elements=out_elements))
+        if node.op_type == "Conv" or (fused and follows_conv):
+            # A fused activation's output is still in the int8 convolution's NHWC layout.
             conv_outputs.update(node.output)
         previous_mac = node.op_type in _MAC_OPS or (fused and previous_mac)
     return GraphCost(tuple(ops))
+
+
+def _folded_into_conv(bn: onnx.NodeProto, graph: onnx.GraphProto, constants: set[str]) -> bool:
+    """Whether ``bn`` is what ``compiler.batchnorm.fold_batchnorm`` folds: the only reader of a Conv with
+    constant weights, its own parameters constant."""
+    conv = next((n for n in graph.node if bn.input[0] in n.output), None)
+    if conv is None or conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in constants:
+        return False
+    readers = sum(bn.input[0] in n.input for n in graph.node)
+    return readers == 1 and bn.input[0] not in {o.name for o in graph.output} and all(i in constants for i in bn.input[1:5])
 
 
 def estimate(
@@ -263,12 +294,16 @@ def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFor
         kernel_format = NumberFormat.FP16
     figures = {(k.op, k.format): k for k in profile.throughput.kernels if k.runtime is runtime}
     compute = memory = 0.0
-    # A QDQ graph quantizes its input and dequantizes its output: two more operators per call.
-    overhead = (call_us + (2 * op_us if qdq else 0.0)) * 1e-6
+    # A QDQ graph quantizes its input and dequantizes its output (and transposes around int8 convolutions).
+    edges_us = profile.throughput.qdq_edges_us if profile.throughput.qdq_edges_us is not None else 2 * op_us
+    overhead = (call_us + (edges_us if qdq else 0.0)) * 1e-6
     moved = 0
     for op in graph.ops:
-        island = qdq and op.activation_elements > 0 and op.op_type not in _INT8_KERNELS | _INT8_ABSORBED | _FREE
-        if not op.dispatch and op.macs == 0 and not island:
+        # In a QDQ graph only Relu and Clip fuse into the int8 operator before them: the rest run
+        # on their own, as int8 kernels or as float islands.
+        unfused = qdq and op.activation_elements > 0 and op.op_type not in _INT8_ABSORBED | _FREE
+        island = unfused and op.op_type not in _INT8_KERNELS
+        if not op.dispatch and op.macs == 0 and not unfused:
             continue
         # Activations that fit in cache are written by one operator and read by the next inside it.
         in_cache = cache is not None and op.activation_elements * 4 <= cache
@@ -280,14 +315,14 @@ def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFor
             fp32 = _compute_s(op, figures.get((op.op_class, NumberFormat.FP32)), _throughput(profile, NumberFormat.FP32) * 1e9)
             c = fp32 * _CONV_INTEGER_SLOWDOWN
         m = op.weight_elements * weight_bytes / bandwidth + (activations / through if through else 0.0)
-        if op.dispatch or island:
+        if op.dispatch or unfused:
             overhead += op_us * 1e-6
         # An island runs in float between a DequantizeLinear per input and a QuantizeLinear per output,
         # and next to an NHWC int8 convolution, a Transpose out of and back into its layout.
         extra = op.inputs + 1 + (2 if op.follows_conv else 0)
         measured_island = profile.throughput.qdq_island
         if island and measured_island is not None:
-            # Measured on a BatchNormalization after a Conv; other islands in proportion to their operators.
+            # Measured on a BatchNormalization after a Conv and Relu; other islands in proportion to their operators.
             scale = extra / _MEASURED_ISLAND_OPS
             overhead += scale * (measured_island.fixed_us + measured_island.ns_per_element * op.activation_elements * 1e-3) * 1e-6
         elif island:
@@ -359,12 +394,14 @@ def _estimate(compute: float, memory: float, overhead: float, graph: GraphCost, 
 
 
 def _compute_s(op: OpCost, figure: KernelFigure | None, ops_per_s: float) -> float:
-    """Seconds of arithmetic: the class's fixed cost plus its MACs at the class's share of the peak."""
+    """Seconds of arithmetic: the class's fixed cost (per operator and per output element) plus its MACs
+    at the class's share of the peak."""
     if not op.macs:
         return 0.0
     if figure is None:
         return 2 * op.macs / ops_per_s
-    return figure.fixed_us * 1e-6 + 2 * op.macs / (ops_per_s * figure.efficiency)
+    fixed = figure.fixed_us * 1e-6 + figure.ns_per_output * op.output_elements * 1e-9
+    return fixed + 2 * op.macs / (ops_per_s * figure.efficiency)
 
 
 def correction_for(profile: str, corrections: Mapping[str, float] | None) -> float:

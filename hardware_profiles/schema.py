@@ -150,6 +150,11 @@ class KernelFigure(_Strict):
         default=0, ge=0, description="Time per operator that does not shrink with its size (packing, layout, setup), "
         "microseconds, on top of op_overhead_us."
     )
+    ns_per_output: float = Field(
+        default=0, ge=0, description="Time per element of the operator's output that does not shrink with its MACs "
+        "(packing its input, writing and re-laying out its output), nanoseconds: what makes a small layer's fixed "
+        "cost smaller than a big one's."
+    )
 
 
 class FloatIsland(_Strict):
@@ -180,6 +185,12 @@ class Throughput(_Strict):
     )
     op_overhead_us: float | None = Field(
         default=None, ge=0, description="Fixed cost of dispatching one operator, microseconds. Default: derived from the clock."
+    )
+    qdq_edges_us: float | None = Field(
+        default=None, ge=0, description="What an onnxruntime int8 QDQ graph costs once per call at its edges, "
+        "microseconds: quantizing the input, dequantizing the output and, around int8 convolutions, the layout "
+        "Transposes into and out of NHWC; measured as a single int8 layer less the same fp32 layer, less what one more "
+        "such layer costs in each format (bench/compile_bench.py --sections host). Default: two operator dispatches."
     )
     qdq_island: FloatIsland | None = Field(
         default=None, description="Measured cost of an operator left in float in an onnxruntime int8 QDQ graph. "

@@ -106,20 +106,22 @@ def test_default_overheads_come_from_the_clock_and_a_microcontroller_dispatches_
     assert e.compute_ms > 0
 
 
-def convs() -> onnx.ModelProto:
-    """x[1,8,16,16] -> 3x3 Conv -> BatchNormalization -> Relu -> depthwise 3x3 -> 1x1 Conv -> pool -> Gemm of one row."""
-    model = parser.parse_model("""
+def convs(*, bn_after_relu: bool = False) -> onnx.ModelProto:
+    """x[1,8,16,16] -> 3x3 Conv -> BatchNormalization -> Relu -> depthwise 3x3 -> 1x1 Conv -> pool -> Gemm of one row
+    (with ``bn_after_relu``, Conv -> Relu -> BatchNormalization: nothing folds that BatchNormalization)."""
+    first = "b = Relu(a)\n            r = BatchNormalization(b, s, o, m, v)" if bn_after_relu else \
+        "b = BatchNormalization(a, s, o, m, v)\n            r = Relu(b)"
+    model = parser.parse_model(f"""
         <ir_version: 8, opset_import: ["" : 17]>
-        g (float[1,8,16,16] x) => (float[1,4] y) {
+        g (float[1,8,16,16] x) => (float[1,4] y) {{
             a = Conv <pads = [1,1,1,1]> (x, w1)
-            b = BatchNormalization(a, s, o, m, v)
-            r = Relu(b)
+            {first}
             d = Conv <pads = [1,1,1,1], group = 8> (r, w2)
             p = Conv(d, w3)
             q = GlobalAveragePool(p)
             f = Flatten(q)
             y = Gemm(f, w4)
-        }""")
+        }}""")
     rng = np.random.default_rng(0)
     for name, shape in (("w1", (8, 8, 3, 3)), ("s", (8,)), ("o", (8,)), ("m", (8,)), ("v", (8,)), ("w2", (8, 1, 3, 3)),
                         ("w3", (16, 8, 1, 1)), ("w4", (16, 4))):
@@ -149,26 +151,83 @@ def test_a_kernel_figure_sets_its_class_rate_and_fixed_cost_for_its_runtime_only
     assert cost_model.estimate(g, slow_depthwise, NumberFormat.FP32, runtime=Runtime.LITERT).latency_ms == pytest.approx(base.latency_ms)
 
 
-def test_onnxruntime_int8_pays_for_the_float_islands_of_its_qdq_graph() -> None:
-    """A BatchNormalization is fused into the Conv in fp32 but stays float in an int8 QDQ graph:
-    a DequantizeLinear per input, a QuantizeLinear, and two layout Transposes next to the int8 Conv."""
+def test_a_batchnorm_right_after_a_conv_is_folded_and_costs_nothing_even_in_int8() -> None:
+    """The int8 passes fold it into the Conv before quantizing (compiler.batchnorm), as every runtime does for fp32."""
     g = cost_model.analyse(convs())
+    bn = next(o for o in g.ops if o.op_type == "BatchNormalization")
+    assert not bn.dispatch and bn.activation_elements == 0
+    costly = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0,
+                               "qdq_island": {"fixed_us": 20, "ns_per_element": 10}})
+    fp32 = cost_model.estimate(g, costly, NumberFormat.FP32)
+    ort = cost_model.estimate(g, costly, NumberFormat.INT8, runtime=Runtime.ONNXRUNTIME)
+    assert fp32.overhead_ms == pytest.approx(0.005)  # four MAC operators and the pool; Relu and BN fused, Flatten free
+    assert ort.overhead_ms == pytest.approx(0.005 + 0.002)  # the same five, and Q and DQ at the graph's edges
+
+
+def test_onnxruntime_int8_pays_for_the_float_islands_of_its_qdq_graph() -> None:
+    """A BatchNormalization nothing folds stays float in an int8 QDQ graph: a DequantizeLinear per
+    input, a QuantizeLinear, and two layout Transposes next to the int8 Conv (whose Relu it follows)."""
+    g = cost_model.analyse(convs(bn_after_relu=True))
     costly = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0})
     ort = cost_model.estimate(g, costly, NumberFormat.INT8, runtime=Runtime.ONNXRUNTIME)
     litert = cost_model.estimate(g, costly, NumberFormat.INT8, runtime=Runtime.LITERT)
-    fp32 = cost_model.estimate(g, costly, NumberFormat.FP32)
-    assert fp32.overhead_ms == pytest.approx(0.005)  # four MAC operators and the pool; Relu and BN fused, Flatten free
-    # int8 in onnxruntime: the same five, Q and DQ at the graph's edges, and the BN island (itself,
-    # 5 DequantizeLinear, 1 QuantizeLinear, 2 Transposes).
+    # The five kernels, Q and DQ at the graph's edges, and the BN island (itself, 5 DequantizeLinear,
+    # 1 QuantizeLinear, 2 Transposes).
     assert ort.overhead_ms == pytest.approx(0.005 + 0.002 + 0.009)
     assert litert.overhead_ms == pytest.approx(0.005)
     # A profile that measured what such an island costs: that figure replaces the modelled operators.
     measured = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0,
                                  "qdq_island": {"fixed_us": 20, "ns_per_element": 10}})
     bn = next(o for o in g.ops if o.op_type == "BatchNormalization")
+    assert bn.follows_conv and bn.inputs == 5
     island = cost_model.estimate(g, measured, NumberFormat.INT8, runtime=Runtime.ONNXRUNTIME)
-    # The BN after a Conv has exactly the 8 extra operators the figure was measured on.
+    # The BN after a Conv's Relu has exactly the 8 extra operators the figure was measured on.
     assert island.overhead_ms == pytest.approx(0.005 + 0.002 + 0.001 + 0.020 + bn.activation_elements * 1e-8 * 1e3)
+
+
+def test_an_int8_bias_add_and_residual_add_are_int8_kernels_not_islands() -> None:
+    """With uint8 activations onnxruntime runs Add as QLinearAdd: one more dispatch, no float island."""
+    model = parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8,8,8] x) => (float[1,8,8,8] y) {
+            a = Conv <pads = [1,1,1,1]> (x, w)
+            y = Add(a, x)
+        }""")
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w"))
+    g = cost_model.analyse(model)
+    costly = board(throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0})
+    assert cost_model.estimate(g, costly, NumberFormat.INT8).overhead_ms == pytest.approx(0.002 + 0.002)
+    dense = parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,16] x) => (float[1,4] y) { m = MatMul(x, w)  y = Add(m, b) }""")
+    dense.graph.initializer.extend([numpy_helper.from_array(np.ones((16, 4), np.float32), "w"),
+                                    numpy_helper.from_array(np.ones(4, np.float32), "b")])
+    mm = cost_model.analyse(dense)
+    # In fp32 the bias Add fuses into the MatMul (a Gemm); in int8 it runs as its own QLinearAdd.
+    assert cost_model.estimate(mm, costly, NumberFormat.FP32).overhead_ms == pytest.approx(0.001)
+    assert cost_model.estimate(mm, costly, NumberFormat.INT8).overhead_ms == pytest.approx(0.002 + 0.002)
+
+
+def test_measured_qdq_edges_replace_the_two_dispatches_of_an_int8_graph() -> None:
+    edges = {"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0, "qdq_edges_us": 5}
+    measured, plain = board(throughput=edges), board(throughput={**edges, "qdq_edges_us": None})
+    g = cost_model.analyse(convs())
+    gap = cost_model.estimate(g, measured, NumberFormat.INT8).overhead_ms - cost_model.estimate(g, plain, NumberFormat.INT8).overhead_ms
+    assert gap == pytest.approx((5 - 2) * 1e-3)  # instead of two dispatches of 1 us
+    assert cost_model.estimate(g, measured, NumberFormat.FP32).overhead_ms == cost_model.estimate(g, plain, NumberFormat.FP32).overhead_ms
+
+
+def test_a_per_output_element_fixed_cost_makes_small_layers_cheaper_than_big_ones() -> None:
+    fast_memory = {"ram": "512 MiB", "storage": "8 GB", "bandwidth_gbps": 1000}
+    figure = {"runtime": "onnxruntime", "op": "conv", "format": "fp32", "efficiency": 1, "fixed_us": 2, "ns_per_output": 3}
+    per_element = board(memory=fast_memory, throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 0,
+                                                         "call_overhead_us": 0, "kernels": [figure]})
+    plain = board(memory=fast_memory)
+    g = cost_model.analyse(convs())
+    conv = next(o for o in g.ops if o.op_class == "conv")
+    assert conv.output_elements == 8 * 16 * 16
+    extra = cost_model.estimate(g, per_element, NumberFormat.FP32).compute_ms - cost_model.estimate(g, plain, NumberFormat.FP32).compute_ms
+    assert extra == pytest.approx((2e-6 + 3e-9 * 8 * 16 * 16) * 1e3)
 
 
 def test_fp16_on_a_counted_phone_gpu_beats_cpu_int8_for_a_big_conv_net_but_not_for_a_tiny_mlp(digits_mlp) -> None:  # type: ignore[no-untyped-def]
