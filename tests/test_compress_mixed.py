@@ -110,3 +110,13 @@ def test_the_compress_command_prints_the_sensitivity_table(tmp_path: Path) -> No
     assert "mixed precision" in result.output and "conv1 (Conv)" in result.output
     assert "holds with 1 of 3 layers float: conv1" in result.output
     assert onnx.load(str(out)).graph.node
+
+
+def test_batchnorm_is_folded_before_the_layers_are_quantized() -> None:
+    model = model_zoo.mobilenetv2_block()
+    images = np.random.default_rng(0).standard_normal((16, 1, 3, 32, 32)).astype(np.float32)
+    data = calibration.Dataset(arrays={"input": images}, source="test")
+    result = MixedPrecision(MixedPrecisionConfig(budget=20.0))(model, PassData(evaluation=data, calibration=data))
+    assert not [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
+    assert "folded 7 BatchNormalization(s) into the Conv before each, so none runs in float" in result.report.notes
+    assert float_layers(result.model) == set()

@@ -40,7 +40,13 @@ from edgefleet.compiler.passes.base import Pass, PassConfig, PassData, Transform
 
 # The int8 pass's file plumbing (shape-inference pre-processing, the calibration reader), shared
 # so that mixed precision quantizes exactly as int8-static does, minus the excluded nodes.
-from edgefleet.compiler.passes.quantize import _CALIBRATION_METHODS, _prepared, _Reader
+from edgefleet.compiler.passes.quantize import (
+    _CALIBRATION_METHODS,
+    _folded_note,
+    _prepared,
+    _Reader,
+    _without_batchnorm,
+)
 from edgefleet.hardware_profiles.schema import NumberFormat
 
 log = logging.getLogger(__name__)
@@ -141,10 +147,13 @@ class MixedPrecision(Pass[MixedPrecisionConfig]):
 
     def apply(self, model: onnx.ModelProto, data: PassData) -> Transformed:
         assert data.calibration is not None  # checked by requires()
-        named = _named(model)
+        # As in int8-static: an unfolded BatchNormalization would run in float between extra Q/DQ nodes.
+        # Folding keeps every Conv's name, which is what the sensitivity steps refer to.
+        without_bn, folded = _without_batchnorm(model)
+        named = _named(without_bn)
         calib = _graph.limit(data.calibration, self.config.calibration_samples)
         tuning, quantized = self.tune(named, calib)
-        return Transformed(model=quantized, modified=True, notes=self._notes(tuning, len(calib)))
+        return Transformed(model=quantized, modified=True, notes=(*_folded_note(folded), *self._notes(tuning, len(calib))))
 
     def tune(self, model: onnx.ModelProto, calib: Dataset) -> tuple[Tuning, onnx.ModelProto]:
         """Sensitivity analysis, then greedy exclusion; ``model``'s nodes must be uniquely named."""
