@@ -8,6 +8,8 @@ DequantizeLinear/QuantizeLinear pair, so onnxruntime cannot fuse the Conv into a
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import numpy as np
 import onnx
 
@@ -20,6 +22,19 @@ def single_consumer(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
     return users[0]
 
 
+def foldable_batchnorm(model: onnx.ModelProto, conv: onnx.NodeProto, constants: Container[str]) -> onnx.NodeProto | None:
+    """The BatchNormalization ``fold_batchnorm`` folds into ``conv``, or None: it alone reads the
+    output of a Conv (or group-1 ConvTranspose) with constant weights, and its parameters are constant."""
+    if conv.op_type not in ("Conv", "ConvTranspose") or len(conv.input) < 2 or conv.input[1] not in constants:
+        return None
+    if conv.op_type == "ConvTranspose" and any(a.name == "group" and a.i != 1 for a in conv.attribute):
+        return None
+    bn = single_consumer(model, conv.output[0])
+    if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) > 1 and any(bn.output[1:]):
+        return None
+    return bn if all(i in constants for i in bn.input[1:5]) else None
+
+
 def fold_batchnorm(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> list[str]:
     """Fold each BatchNormalization that alone consumes a Conv (or group-1 ConvTranspose) with constant weights.
 
@@ -29,12 +44,8 @@ def fold_batchnorm(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> 
     """
     notes = []
     for conv in list(model.graph.node):
-        if conv.op_type not in ("Conv", "ConvTranspose") or conv.input[1] not in constants:
-            continue
-        bn = single_consumer(model, conv.output[0])
-        if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) > 1 and any(bn.output[1:]):
-            continue
-        if not all(i in constants for i in bn.input[1:5]):
+        bn = foldable_batchnorm(model, conv, constants)
+        if bn is None:
             continue
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (constants[i].astype(np.float64) for i in bn.input[1:5])
@@ -43,8 +54,6 @@ def fold_batchnorm(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> 
         if conv.op_type == "Conv":
             w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
         else:  # ConvTranspose weights are [C_in, C_out/group, ...]; only group 1 is folded
-            if any(a.name == "group" and a.i != 1 for a in conv.attribute):
-                continue
             w = w * scale.reshape(1, -1, *([1] * (w.ndim - 2)))
         b = constants[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean)
         b = (b - mean) * scale + beta

@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgefleet.compiler import stats
+from edgefleet.compiler import batchnorm, stats
 from edgefleet.hardware_profiles.schema import (
     Accelerator,
     DeviceKind,
@@ -211,7 +211,7 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
         if node.op_type in _FREE:
             ops.append(OpCost(node.name, node.op_type, 0, 0, 0, dispatch=False))
             continue
-        if node.op_type == "BatchNormalization" and _folded_into_conv(node, graph, constants):
+        if node.op_type == "BatchNormalization" and _folded_into_conv(node, model, constants):
             # Every runtime here, and the int8 passes before quantizing, fold it into the Conv's weights.
             conv_outputs.update(node.output)
             ops.append(OpCost(node.name, node.op_type, 0, weights, 0, dispatch=False))
@@ -234,14 +234,11 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
     return GraphCost(tuple(ops))
 
 
-def _folded_into_conv(bn: onnx.NodeProto, graph: onnx.GraphProto, constants: set[str]) -> bool:
-    """Whether ``bn`` is what ``compiler.batchnorm.fold_batchnorm`` folds: the only reader of a Conv with
-    constant weights, its own parameters constant."""
-    conv = next((n for n in graph.node if bn.input[0] in n.output), None)
-    if conv is None or conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in constants:
-        return False
-    readers = sum(bn.input[0] in n.input for n in graph.node)
-    return readers == 1 and bn.input[0] not in {o.name for o in graph.output} and all(i in constants for i in bn.input[1:5])
+def _folded_into_conv(bn: onnx.NodeProto, model: onnx.ModelProto, constants: set[str]) -> bool:
+    """Whether ``bn`` is what ``compiler.batchnorm.fold_batchnorm`` folds into the Conv before it."""
+    conv = next((n for n in model.graph.node if bn.input[0] in n.output), None)
+    folded = batchnorm.foldable_batchnorm(model, conv, constants) if conv is not None else None
+    return folded is not None and folded.output[0] == bn.output[0]
 
 
 def estimate(
