@@ -57,6 +57,7 @@ _METRICS = ("sqnr", "agreement")
 @dataclass(frozen=True)
 class MixedPrecisionConfig(PassConfig):
     scheme: ClassVar[str] = "mixed-int8"
+    version: ClassVar[int] = 2  # 2: BatchNormalization folded before quantizing
     number_format: ClassVar[NumberFormat] = NumberFormat.INT8
 
     budget: float = 30.0

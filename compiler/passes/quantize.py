@@ -74,6 +74,7 @@ _INT8_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 @dataclass(frozen=True)
 class StaticInt8Config(PassConfig):
     scheme: ClassVar[str] = "int8-static"
+    version: ClassVar[int] = 2  # 2: BatchNormalization folded before quantizing; uint8 activations by default
     number_format: ClassVar[NumberFormat] = NumberFormat.INT8
 
     format: Literal["qdq"] = "qdq"
@@ -97,6 +98,7 @@ class StaticInt8Config(PassConfig):
 @dataclass(frozen=True)
 class DynamicInt8Config(PassConfig):
     scheme: ClassVar[str] = "int8-dynamic"
+    version: ClassVar[int] = 2  # 2: BatchNormalization folded before quantizing
     number_format: ClassVar[NumberFormat] = NumberFormat.INT8
     runtime_quantization: ClassVar[bool] = True
 

@@ -48,6 +48,7 @@ class LiteRTConfig(PassConfig):
 
     mode: ClassVar[Mode]
     tool: ClassVar[str] = "ai-edge-quantizer"
+    version: ClassVar[int] = 2  # 2: activation ranges from the min/max over all samples; vectors stored once
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "runtime": "litert", "mode": self.mode.value, "tool": self.tool}

@@ -55,6 +55,7 @@ class TFLMInt8Config(PassConfig):
     """Full-integer int8 (int8 weights, activations, inputs and outputs) for TFLite Micro."""
 
     scheme: ClassVar[str] = "tflm-int8"
+    version: ClassVar[int] = 2  # 2: activation ranges from the min/max over all samples; vectors stored once
     number_format: ClassVar[NumberFormat] = NumberFormat.INT8
     max_calibration_samples: int = DEFAULT_MAX_CALIBRATION_SAMPLES
     # Clustered weights kept as lookup-table indices in flash, decoded into the arena at each
