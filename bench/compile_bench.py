@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import scipy.optimize
+import scipy.optimize  # a hard dependency of scikit-learn, which the model zoo needs
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.compiler import cost_model, model_zoo
