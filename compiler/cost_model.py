@@ -67,7 +67,6 @@ that looks at a model.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +85,8 @@ from edgefleet.hardware_profiles.schema import (
     Speed,
 )
 
-log = logging.getLogger(__name__)
-
-# op type -> (activation input slot, weight input slot), as in stats.count_macs.
-_MAC_OPS: dict[str, tuple[int, int]] = {"Conv": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)}
+# The float operators with multiply-accumulates (``stats.node_macs`` counts them).
+_MAC_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 # Elementwise activations the runtimes fuse into the MAC operator before them.
 _FUSED_AFTER_MAC = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "BatchNormalization"})
 # Nodes that only reshape metadata or are folded at load time.
@@ -217,7 +214,7 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
             ops.append(OpCost(node.name, node.op_type, 0, weights, 0, dispatch=False))
             continue
         activations = sum(_elements(shapes.get(n)) for n in [*node.input, *node.output] if n and n not in constants)
-        macs = _macs(node, shapes)
+        macs = stats.node_macs(node, shapes) if node.op_type in _MAC_OPS else 0
         # A bias Add after a MatMul becomes part of a Gemm in float (onnxruntime's MatMulAddFusion);
         # in an int8 QDQ graph it runs as its own QLinearAdd (see _on_cpu).
         bias = node.op_type == "Add" and any(n in constants for n in node.input)
@@ -443,23 +440,3 @@ def _op_class(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> str:
 
 def _elements(shape: list[int] | None) -> int:
     return int(np.prod(shape, dtype=np.int64)) if shape else 0
-
-
-def _macs(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
-    slots = _MAC_OPS.get(node.op_type)
-    if slots is None:
-        return 0
-    x_slot, w_slot = slots
-    out = shapes.get(node.output[0])
-    x = shapes.get(node.input[x_slot]) if len(node.input) > x_slot else None
-    w = shapes.get(node.input[w_slot]) if len(node.input) > w_slot else None
-    if out is None or x is None or w is None:
-        log.debug("cost model leaves out the MACs of %s %r: shapes unknown", node.op_type, node.name)
-        return 0
-    out_elems = _elements(out)
-    if node.op_type == "Conv":
-        return out_elems * _elements(w[1:])
-    if node.op_type == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        return out_elems * x[0 if trans_a else -1]
-    return out_elems * x[-1]

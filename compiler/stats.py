@@ -10,6 +10,7 @@ multiplication with a dynamically computed scale (how onnxruntime's dynamic quan
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,24 +168,26 @@ def count_macs(model: onnx.ModelProto) -> int:
     are noise, and this is the figure that structured pruning and low-rank factorisation change.
     """
     shapes = static_shapes(model)
-    total = 0
-    for node in model.graph.node:
-        slots = _MAC_OPS.get(node.op_type)
-        if slots is None:
-            continue
-        x_slot, w_slot = slots
-        out = shapes.get(node.output[0])
-        x = shapes.get(node.input[x_slot]) if len(node.input) > x_slot else None
-        w = shapes.get(node.input[w_slot]) if len(node.input) > w_slot else None
-        if out is None or x is None or w is None:
-            log.debug("MACs leave out %s %r: shapes unknown", node.op_type, node.name)
-            continue
-        out_elems = int(np.prod(out, dtype=np.int64))
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            total += out_elems * int(np.prod(w[1:], dtype=np.int64))
-        elif node.op_type == "Gemm":
-            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            total += out_elems * x[0 if trans_a else -1]
-        else:
-            total += out_elems * x[-1]
-    return total
+    return sum(node_macs(node, shapes) for node in model.graph.node)
+
+
+def node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
+    """Multiply-accumulates of one node, as ``count_macs`` counts them (0 for other operators, or when
+    its shapes are unknown, which is logged); ``shapes`` from ``static_shapes``."""
+    slots = _MAC_OPS.get(node.op_type)
+    if slots is None:
+        return 0
+    x_slot, w_slot = slots
+    out = shapes.get(node.output[0])
+    x = shapes.get(node.input[x_slot]) if len(node.input) > x_slot else None
+    w = shapes.get(node.input[w_slot]) if len(node.input) > w_slot else None
+    if out is None or x is None or w is None:
+        log.debug("MACs leave out %s %r: shapes unknown", node.op_type, node.name)
+        return 0
+    out_elems = int(np.prod(out, dtype=np.int64))
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        return out_elems * int(np.prod(w[1:], dtype=np.int64))
+    if node.op_type == "Gemm":
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        return out_elems * x[0 if trans_a else -1]
+    return out_elems * x[-1]
