@@ -9,14 +9,18 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from edgefleet.agent import keys
+from edgefleet.agent import keys, topics
 from edgefleet.agent.transport import BrokerURL
+
+if TYPE_CHECKING:
+    from edgefleet.agent.messages import PackageRef
 
 # Property-based tests (tests/test_fuzz.py): a quick run by default, `HYPOTHESIS_PROFILE=long` for
 # a thorough one. No deadline: how long an example takes is the benchmarks' business, not a test's.
@@ -108,6 +112,18 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return keys.generate(tmp_path_factory.mktemp("keys") / "signing.key")
 
 
+@pytest.fixture
+def package(tmp_path: Path, signing_key: tuple[Path, Path]) -> Path:
+    """A signed package of the tiny ONNX model (``make_package``), in the test's own directory."""
+    return make_package(tmp_path / "tiny.efpkg", signing_key[0])
+
+
+@pytest.fixture
+def trust(signing_key: tuple[Path, Path]) -> keys.TrustStore:
+    """A trust store holding the session's signing key."""
+    return keys.TrustStore.from_paths([signing_key[1]])
+
+
 @pytest.fixture(scope="session")
 def digits_mlp(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The MLP trained on scikit-learn's digits, as ONNX, with calibration and validation data."""
@@ -196,6 +212,18 @@ def publish(broker: str, topic: str, payload: bytes, *, retain: bool = False) ->
 def clear_retained(broker: str, topic: str) -> None:
     """Delete a retained message (an empty retained payload), so tests leave the shared broker clean."""
     publish(broker, topic, b"", retain=True)
+
+
+def forget_device(broker: str, device_id: str, packages: Iterable[PackageRef] = ()) -> None:
+    """Leave the shared broker as a test found it: no retained deployment or state of ``device_id``,
+    and no retained chunks of ``packages``."""
+    from edgefleet.deploy.push import clear_deployment, clear_package
+
+    url = BrokerURL.parse(broker)
+    clear_deployment(url, device=device_id)
+    clear_retained(broker, topics.state(device_id))
+    for ref in packages:
+        clear_package(url, ref)
 
 
 class Watcher:

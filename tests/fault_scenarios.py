@@ -243,6 +243,15 @@ class Rig:
         self.agents.remove(agent)
         return first
 
+    def push_part(self, package: Path, parts: int) -> tuple[Deployment, list[tuple[str, bytes]], int]:
+        """Publish ``package``'s deployment and the first 1/``parts`` of its chunks, and wait until the
+        agent has stored them: the deployment, all its chunk messages, and how many were sent."""
+        deployment, chunks = _split_push(package)
+        sent = len(chunks) // parts
+        publish_all(self.url, [(topics.device_deploy(self.device_id), deployment.to_bytes()), *chunks[:sent]])
+        self.wait_chunks(deployment.package, sent)
+        return deployment, chunks, sent
+
     def have_chunks(self, ref: PackageRef) -> int:
         try:
             return len(json.loads((self.data / "downloads" / f"{ref.sha256}.chunks").read_text()))
@@ -320,10 +329,7 @@ def broker_restart_during_transfer(lab: Lab, run: int = 0) -> Outcome:
     with Rig(lab, "broker-restart") as rig:
         agent = rig.start_agent()
         first = rig.install(rig.package("1"))
-        deployment, chunks = _split_push(rig.package("2", scale=3.0, pad_bytes=PAD))
-        half = len(chunks) // 2
-        publish_all(rig.url, [(topics.device_deploy(rig.device_id), deployment.to_bytes()), *chunks[:half]])
-        rig.wait_chunks(deployment.package, half)
+        deployment, chunks, half = rig.push_part(rig.package("2", scale=3.0, pad_bytes=PAD), 2)
         rig.broker.stop()  # SIGTERM: Mosquitto saves retained messages and sessions
         rig.broker.start()
         publish_all(rig.url, chunks[half:])
@@ -388,10 +394,7 @@ def disk_full_during_download(lab: Lab, run: int = 0) -> Outcome:
     with Rig(lab, "disk-full") as rig, small_filesystem(rig.data, "4m"):
         agent = rig.start_agent()
         first = rig.install(rig.package("1"))
-        deployment, chunks = _split_push(rig.package("2", scale=3.0, pad_bytes=PAD))
-        quarter = len(chunks) // 4
-        publish_all(rig.url, [(topics.device_deploy(rig.device_id), deployment.to_bytes()), *chunks[:quarter]])
-        rig.wait_chunks(deployment.package, quarter)
+        deployment, chunks, quarter = rig.push_part(rig.package("2", scale=3.0, pad_bytes=PAD), 4)
         filler = rig.data / "filler"
         fill(filler)  # something else on the device takes all the space
         publish_all(rig.url, chunks[quarter:])

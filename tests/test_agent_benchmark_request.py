@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import AgentProcess, clear_retained, make_package
+from conftest import AgentProcess, forget_device, make_package
 
-from edgefleet.agent import keys, topics
+from edgefleet.agent import keys
 from edgefleet.agent.install import ModelStore
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.benchmark import BenchmarkFailed, request_benchmark
 from edgefleet.deploy.benchmark_cli import benchmark
 from edgefleet.deploy.push import (
     DeploymentWatcher,
-    clear_deployment,
-    clear_package,
     describe_package,
     push_package,
 )
@@ -38,10 +36,7 @@ def device(broker_url: str, signing_key: tuple[Path, Path],
         assert watcher.wait(deployment.deployment_id, [device_id], 60)[device_id].ok
     yield device_id, workdir, workdir / "data"
     agent.stop()
-    clear_deployment(url, device=device_id)
-    clear_retained(broker_url, topics.state(device_id))
-    for package in workdir.glob("*.efpkg"):
-        clear_package(url, describe_package(package)[1])
+    forget_device(broker_url, device_id, [describe_package(package)[1] for package in workdir.glob("*.efpkg")])
 
 
 def test_a_requested_benchmark_measures_the_package_and_leaves_the_serving_model(device, broker_url, signing_key) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AgentProcess, Watcher, clear_retained, make_package
+from conftest import AgentProcess, Watcher, forget_device, make_package
 from fault_scenarios import (
     CRASH_LOOP_ROLLBACK_POINTS,
     FAILED_TEST_ROLLBACK_POINTS,
@@ -34,8 +34,6 @@ from edgefleet.agent.package import file_sha256
 from edgefleet.agent.transport import BrokerURL
 from edgefleet.deploy.push import (
     DeploymentWatcher,
-    clear_deployment,
-    clear_package,
     push_package,
 )
 
@@ -48,11 +46,7 @@ def fleet(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, list]]:  # typ
     device_id = f"test-crash-{uuid.uuid4().hex[:8]}"
     pushed: list = []  # type: ignore[type-arg]
     yield device_id, pushed
-    url = BrokerURL.parse(broker_url)
-    clear_deployment(url, device=device_id)
-    clear_retained(broker_url, topics.state(device_id))
-    for ref in pushed:
-        clear_package(url, ref)
+    forget_device(broker_url, device_id, pushed)
 
 
 def _deploy(broker_url: str, device_id: str, package: Path, pushed: list, timeout: float = 60) -> dict:  # type: ignore[type-arg]

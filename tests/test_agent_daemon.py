@@ -15,7 +15,7 @@ from conftest import (
     AgentProcess,
     Mosquitto,
     Watcher,
-    clear_retained,
+    forget_device,
     make_package,
     publish,
 )
@@ -23,7 +23,7 @@ from conftest import (
 from edgefleet.agent import keys, topics
 from edgefleet.agent.messages import PackageRef
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.deploy.push import clear_deployment, clear_package, push_package
+from edgefleet.deploy.push import clear_deployment, push_package
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,7 @@ def device(broker_url: str, signing_key: tuple[Path, Path], tmp_path_factory: py
     yield device_id, agent, watcher
     agent.stop()
     watcher.close()
-    # Leave the shared broker as we found it: no retained state, deployment or package of ours.
-    url = BrokerURL.parse(broker_url)
-    clear_deployment(url, device=device_id)
-    clear_retained(broker_url, topics.state(device_id))
-    for ref in _PUSHED:
-        clear_package(url, ref)
+    forget_device(broker_url, device_id, _PUSHED)
 
 
 _PUSHED: list[PackageRef] = []

@@ -6,12 +6,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import AgentProcess, Watcher, clear_retained, make_package
+from conftest import AgentProcess, Watcher, forget_device, make_package
 from test_agent_power import fake_vcgencmd, hwmon, write
 
 from edgefleet.agent import topics
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.deploy.push import clear_deployment, clear_package, push_package
+from edgefleet.deploy.push import push_package
 
 
 def test_a_device_with_an_ina219_reports_measured_power_idle_and_thermals(
@@ -50,7 +50,4 @@ def test_a_device_with_an_ina219_reports_measured_power_idle_and_thermals(
     finally:
         agent.stop()
         watcher.close()
-        clear_deployment(url, device=device_id)
-        clear_retained(broker_url, topics.state(device_id))
-        if ref is not None:
-            clear_package(url, ref)
+        forget_device(broker_url, device_id, [ref] if ref is not None else [])

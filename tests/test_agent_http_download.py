@@ -17,9 +17,8 @@ from typing import Self
 
 import pytest
 from click.testing import CliRunner
-from conftest import AgentProcess, Watcher, clear_retained, make_package
+from conftest import AgentProcess, Watcher, forget_device, make_package
 
-from edgefleet.agent import topics
 from edgefleet.agent.errors import IntegrityError, TransportError
 from edgefleet.agent.http_fetch import fetch_http
 from edgefleet.agent.reconnect import Backoff
@@ -207,5 +206,4 @@ def test_a_real_agent_installs_from_a_url_resumes_and_refuses_a_corrupted_file( 
     finally:
         agent.stop()
         watcher.close()
-        clear_deployment(url, device=device_id)
-        clear_retained(broker_url, topics.state(device_id))
+        forget_device(broker_url, device_id)

@@ -6,7 +6,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import make_package
 
 from edgefleet.agent import keys
 from edgefleet.agent.errors import IntegrityError, PackageError, SignatureError
@@ -17,16 +16,6 @@ from edgefleet.agent.package import (
     read_manifest,
     verify_package,
 )
-
-
-@pytest.fixture
-def package(tmp_path: Path, signing_key: tuple[Path, Path]) -> Path:
-    return make_package(tmp_path / "tiny.efpkg", signing_key[0])
-
-
-@pytest.fixture
-def trust(signing_key: tuple[Path, Path]) -> TrustStore:
-    return TrustStore.from_paths([signing_key[1]])
 
 
 def _rewrite(src: Path, dst: Path, replace: dict[str, bytes], add: dict[str, bytes] | None = None) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import AgentProcess, Watcher, clear_retained, make_package
+from conftest import AgentProcess, Watcher, clear_retained, forget_device, make_package
 
 from edgefleet.agent import keys, topics
 from edgefleet.agent.errors import IntegrityError, PackageError, SignatureError
@@ -41,7 +41,6 @@ from edgefleet.deploy.link import BrokerLink
 from edgefleet.deploy.push import (
     chunk_messages,
     clear_deployment,
-    clear_package,
     describe_package,
     push_package,
     sign_rollback,
@@ -95,16 +94,6 @@ def _set_declared_entries(data: bytes, entries: int) -> bytes:
     at = out.rfind(b"PK\x05\x06")
     struct.pack_into("<HH", out, at + 8, entries, entries)
     return bytes(out)
-
-
-@pytest.fixture
-def package(tmp_path: Path, signing_key: tuple[Path, Path]) -> Path:
-    return make_package(tmp_path / "tiny.efpkg", signing_key[0])
-
-
-@pytest.fixture
-def trust(signing_key: tuple[Path, Path]) -> TrustStore:
-    return TrustStore.from_paths([signing_key[1]])
 
 
 def _hostile_cases(package: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -356,11 +345,7 @@ def agent(broker_url: str, signing_key: tuple[Path, Path],
     yield device_id, process, watcher, workdir
     process.stop()
     watcher.close()
-    url = BrokerURL.parse(broker_url)
-    clear_deployment(url, device=device_id)
-    clear_retained(broker_url, topics.state(device_id))
-    for ref in _PUBLISHED:
-        clear_package(url, ref)
+    forget_device(broker_url, device_id, _PUBLISHED)
 
 
 def _push(broker_url: str, device_id: str, package: Path, **kw: object) -> Deployment:
@@ -490,10 +475,7 @@ def test_a_key_revoked_over_mqtt_signs_nothing_more(broker_url: str, tmp_path: P
         watcher.close()
         for key_id in (old_id, new_id):
             clear_retained(broker_url, topics.key_revocation(key_id))
-        clear_deployment(url, device=device_id)
-        clear_retained(broker_url, topics.state(device_id))
-        for ref in refs:
-            clear_package(url, ref)
+        forget_device(broker_url, device_id, refs)
 
 
 def test_a_rollback_signed_for_a_group_is_accepted_by_its_members_only(signing_key: tuple[Path, Path],
