@@ -36,7 +36,7 @@ from edgefleet.agent.install import InstalledPackage, ModelStore
 from edgefleet.agent.package import file_sha256, load_test_vectors, read_manifest
 from edgefleet.agent.power import ProfileEstimate
 from edgefleet.compiler.errors import CompileError
-from edgefleet.compiler.search import MeasuredLatency
+from edgefleet.compiler.search import MeasuredLatency, measure_in_rounds
 from edgefleet.compiler.targets import exporter_for
 from edgefleet.hardware_profiles.schema import HardwareProfile
 
@@ -86,7 +86,6 @@ class LocalEvaluator:
             raise CompileError(f"--measure-locally: {problem}")
         power = ProfileEstimate(profile)  # energy is not what is asked for; measure() needs a source
         cores = os.cpu_count() or 1
-        medians: dict[str, list[float]] = {}
         with tempfile.TemporaryDirectory(prefix="edgefleet-local-") as tmp:
             store = ModelStore(Path(tmp))
             staged: dict[str, InstalledPackage] = {}
@@ -95,18 +94,8 @@ class LocalEvaluator:
                     staged[scheme] = store.stage(path, read_manifest(path), file_sha256(path))
                 except PackageError as exc:
                     log.warning("%s: not measured (%s)", scheme, exc)
-            order = list(staged)
-            rng = random.Random(self.seed)
-            for _ in range(self.rounds):
-                rng.shuffle(order)
-                for scheme in order:
-                    got = self._round(staged[scheme], power, cores)
-                    if got is None:
-                        order.remove(scheme)
-                        medians.pop(scheme, None)
-                    else:
-                        medians.setdefault(scheme, []).append(got)
-        out = {s: MeasuredLatency.from_rounds(m) for s, m in medians.items()}
+            out = measure_in_rounds(list(staged), self.rounds, lambda scheme: self._round(staged[scheme], power, cores),
+                                    shuffle=random.Random(self.seed))
         for s, m in out.items():
             log.info("%s on this machine (%s): %s", s, profile.name, m.describe())
         return out

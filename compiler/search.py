@@ -45,9 +45,10 @@ import importlib.metadata
 import json
 import logging
 import math
+import random
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,6 +200,27 @@ class MeasuredLatency:
 
     def to_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
+
+
+def measure_in_rounds(names: Sequence[str], rounds: int, measure_once: Callable[[str], float | None], *,
+                      shuffle: random.Random | None = None) -> dict[str, MeasuredLatency]:
+    """Each of ``names`` measured once per round (``measure_once``: ms, or None when it failed), for
+    ``rounds`` rounds, in a fresh random order per round with ``shuffle``; a name that fails is
+    dropped from then on. The evaluators' common loop: interleaving rounds lets load on the device
+    hit every candidate alike, and the spread between rounds is the noise ``MeasuredLatency`` reports."""
+    samples: dict[str, list[float]] = {}
+    active = list(names)
+    for _ in range(rounds):
+        if shuffle is not None:
+            shuffle.shuffle(active)
+        for name in list(active):
+            got = measure_once(name)
+            if got is None:
+                active.remove(name)
+                samples.pop(name, None)
+            else:
+                samples.setdefault(name, []).append(got)
+    return {n: MeasuredLatency.from_rounds(v) for n, v in samples.items()}
 
 
 class Evaluator(Protocol):

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgefleet.agent.transport import BrokerURL
-from edgefleet.compiler.search import MeasuredLatency
+from edgefleet.compiler.search import MeasuredLatency, measure_in_rounds
 from edgefleet.deploy.benchmark import BenchmarkFailed, request_benchmark
 from edgefleet.deploy.push import clear_package, describe_package
 from edgefleet.deploy.store import TelemetryStore
@@ -55,24 +55,21 @@ class FleetEvaluator:
             log.warning("no enrolled device of %s is online: its choice uses the cost model's estimates", profile.name)
             return {}
         device = devices[0]
-        p50s: dict[str, list[float]] = {}
-        todo = list(packages)
-        for _ in range(self.rounds):
-            for scheme in list(todo):
-                package = packages[scheme]
-                try:
-                    report = request_benchmark(package, broker=self.broker, device=device, runs=self.runs,
-                                               warmup=self.warmup, timeout=self.timeout)
-                except (BenchmarkFailed, TimeoutError) as exc:
-                    log.warning("%s on %s: not measured (%s)", scheme, device, exc)
-                    todo.remove(scheme)
-                    p50s.pop(scheme, None)
-                    continue
-                finally:
-                    # The package's chunks were published retained for the device to fetch; a candidate is not kept.
-                    clear_package(self.broker, describe_package(package)[1])
-                p50s.setdefault(scheme, []).append(report.latency_ms.p50)
-        measured = {s: MeasuredLatency.from_rounds(v) for s, v in p50s.items()}
+
+        def once(scheme: str) -> float | None:
+            package = packages[scheme]
+            try:
+                report = request_benchmark(package, broker=self.broker, device=device, runs=self.runs,
+                                           warmup=self.warmup, timeout=self.timeout)
+            except (BenchmarkFailed, TimeoutError) as exc:
+                log.warning("%s on %s: not measured (%s)", scheme, device, exc)
+                return None
+            finally:
+                # The package's chunks were published retained for the device to fetch; a candidate is not kept.
+                clear_package(self.broker, describe_package(package)[1])
+            return report.latency_ms.p50
+
+        measured = measure_in_rounds(list(packages), self.rounds, once)
         for scheme, m in measured.items():
             log.info("%s on %s (%s): %s", scheme, device, profile.name, m.describe())
         return measured

@@ -21,6 +21,7 @@ from edgefleet.compiler.local_evaluator import LocalEvaluator, this_arch
 from edgefleet.compiler.search import (
     MeasuredLatency,
     MeasuredPoint,
+    measure_in_rounds,
     noise_aware_choice,
     noise_tolerant_front,
 )
@@ -32,6 +33,21 @@ pytestmark = pytest.mark.skipif(this_arch() != "x86_64", reason="the generic pro
 
 def latency(median: float, half_width: float, rounds: int = 7) -> MeasuredLatency:
     return MeasuredLatency(median, median - half_width, median + half_width, rounds)
+
+
+def test_every_round_measures_each_candidate_once_and_a_failure_drops_only_that_candidate() -> None:
+    import random
+
+    calls: list[str] = []
+
+    def once(name: str) -> float | None:
+        calls.append(name)
+        return None if name == "broken" else {"a": 1.0, "b": 2.0, "c": 3.0}[name]
+
+    got = measure_in_rounds(["a", "broken", "b", "c"], 5, once, shuffle=random.Random(0))
+    assert set(got) == {"a", "b", "c"} and all(m.rounds == 5 for m in got.values())
+    assert calls.count("broken") == 1 and len(calls) == 16
+    assert [got[n].median_ms for n in "abc"] == [1.0, 2.0, 3.0]
 
 
 def test_candidates_within_noise_of_the_fastest_are_ties_broken_by_size_then_fidelity() -> None:
