@@ -11,10 +11,9 @@ finds it empty, and runs on garbage (on the 64-512-512-10 digits MLP every outpu
 
 from __future__ import annotations
 
-import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
 
-from edgefleet.compiler.tflite.builder import FILE_IDENTIFIER, _AlignedBufferT
+from edgefleet.compiler.tflite import flatbuffer
 
 
 def has_offset_buffers(data: bytes) -> bool:
@@ -24,16 +23,5 @@ def has_offset_buffers(data: bytes) -> bool:
 
 def inline_buffers(data: bytes) -> bytes:
     """``data`` with every offset buffer's bytes stored in the flatbuffer (unchanged if there is none)."""
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    if not any((b.offset or 0) > 1 for b in model.buffers):
-        return data
-    for i, buf in enumerate(model.buffers):
-        aligned = _AlignedBufferT()
-        if (buf.offset or 0) > 1:
-            aligned.data = bytes(data[buf.offset:buf.offset + buf.size])
-        elif buf.data is not None and len(buf.data):
-            aligned.data = bytes(bytearray(buf.data))
-        model.buffers[i] = aligned
-    builder = flatbuffers.Builder(max(1024, 2 * len(data)))
-    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    # tflite.flatbuffer.load reads offset buffers inline, and pack writes them 16-byte aligned.
+    return flatbuffer.pack(flatbuffer.load(data)) if has_offset_buffers(data) else data
