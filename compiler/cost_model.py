@@ -12,11 +12,19 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
   Gemm, MatMul); other operators only move bytes.
 - Operator classes: conv (k x k), pointwise (1x1), depthwise, gemm, and matvec (a Gemm/MatMul of
   one row: batch 1). Their efficiency against the profile's peak and their fixed cost, a constant
-  per operator and a part per output element (packing the input, writing the output: a tiny
-  convolution's setup is a fraction of a big one's), come from ``throughput.kernels``, measured per
+  per operator and a part per element (for a convolution, of the input patches it packs; for a
+  Gemm, of its output: a tiny layer's setup is a fraction of a big one's, and a stem convolution
+  from 1 or 3 channels packs little; plus, where the input channels are not a multiple of what the
+  kernel's fast path takes, a slower path's cost per output: onnxruntime's x86 int8 convolution
+  takes them in fours), come from ``throughput.kernels``, measured per
   runtime and format on single operators (``bench/compile_bench.py --sections host``); a class a
   profile does not list runs at the peak with no fixed cost. A matvec's measured efficiency is in
   effect the rate its weights stream from cache, since it reads every weight once per MAC.
+- Operators without MACs that the profile measured (``throughput.elementwise``: Add, Mul, Sigmoid,
+  Concat, and Split and Slice priced as Concat) cost a constant plus a part per element they write,
+  per runtime and format: they run at rates of their own (a Sigmoid's exponential, an int8 Mul's
+  rescaling), two to four times slower per element than a pass through the cache. Others cost the
+  pass over their activations below.
 - Bytes moved are the operator's weights in the candidate's number format plus its activations
   (inputs and outputs; int8 for statically quantized models, float32 otherwise). Weights that fit
   in the profile's last-level cache (``memory.cache``) stay there between inferences, and an
@@ -34,8 +42,12 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
   QuantizeLinear per output, plus, next to a convolution, two layout Transposes (onnxruntime runs
   int8 convolutions in NHWC). Each of those is one more dispatched operator and one more pass over
   the activations; ``throughput.qdq_island``, where a profile has it, is what one such island was
-  measured to cost instead, and ``throughput.qdq_edges_us`` what quantizing the input, dequantizing
-  the output and the layout Transposes around int8 convolutions cost per call. Unfolded
+  measured to cost instead, and ``throughput.qdq_edges`` (a constant and a part per element of the
+  graph's inputs and outputs) what quantizing the input, dequantizing the output and the layout
+  Transposes around int8 convolutions cost per call.
+- An onnxruntime graph with convolutions, in any format, also pays ``throughput.layout_edges`` per
+  call: its fp32 convolutions run in a blocked layout (NCHWc), and its input and output are
+  reordered into and out of it (the int8 figure above is measured on top of this). Unfolded
   BatchNormalizations and int8 activations (which onnxruntime's x86 kernels cannot take where a
   tensor has several readers) made such islands the reason int8 models ran 1.4-3x slower than fp32
   here, until the int8-static pass stopped leaving them (docs/benchmarks.md).
@@ -52,8 +64,11 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
   dense kernels, so a pruned or clustered model costs as much time as the dense one. Structured
   pruning and low-rank factorisation do count, because they change the graph itself.
 - Activations fused into the preceding MAC operator (Relu, Clip, ...) cost no dispatch, nor does a
-  bias Add after a MatMul (onnxruntime fuses the pair into a Gemm; in an int8 QDQ graph it stays a
-  float island).
+  bias Add after a MatMul (onnxruntime fuses the pair into a Gemm; in an int8 QDQ graph it runs as
+  its own QLinearAdd). A runtime fuses an activation only into an output it alone reads: a SiLU's
+  Sigmoid shares its Conv's output with the Mul, so it runs on its own. A Shape of a statically
+  shaped tensor, and what is computed from it alone (exporters' Gather/Concat for a Reshape), is
+  folded at load time and costs nothing.
 - Energy assumes the device runs at ``power.active_w`` for the duration (every runtime here keeps
   its cores busy during an inference, and a phone's GPU or NPU is not modelled apart); so for one
   profile, energy ranks candidates as latency does.
@@ -67,6 +82,7 @@ that looks at a model.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +94,7 @@ from edgefleet.compiler import batchnorm, stats
 from edgefleet.hardware_profiles.schema import (
     Accelerator,
     DeviceKind,
+    EdgeCost,
     HardwareProfile,
     KernelFigure,
     NumberFormat,
@@ -125,6 +142,8 @@ _ACCELERATOR_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "dsp": (0.2, 5.0, 1000.0),
 }
 _CONV_INTEGER_SLOWDOWN = 20.0
+# Operators charged with another's ``throughput.elementwise`` figure: Split and Slice copy their input as Concat does.
+_ELEMENTWISE_FIGURE = {"Split": "Concat", "Slice": "Concat"}
 _ELEMENT_BYTES = {NumberFormat.FP32: 4, NumberFormat.FP16: 2, NumberFormat.INT8: 1, NumberFormat.INT16X8: 1, NumberFormat.INT4: 0.5}
 _INT8_FORMATS = (NumberFormat.INT8, NumberFormat.INT16X8, NumberFormat.INT4)
 
@@ -147,7 +166,11 @@ class OpCost:
     follows_conv: bool = False
     """An input is a convolution's output (an int8 QDQ graph transposes between the two)."""
     output_elements: int = 0
-    """For MAC operators: elements of the output, which the per-element part of a class's fixed cost scales with."""
+    """Elements of its outputs, which the per-element part of a class's fixed cost, or an elementwise operator's cost, scales with."""
+    patch_elements: int = 0
+    """For convolutions: elements of the input patches it gathers (output pixels x input channels x kernel area)."""
+    group_channels: int = 0
+    """For convolutions: input channels per group."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,8 @@ class GraphCost:
     """The format-independent analysis of a float ONNX graph."""
 
     ops: tuple[OpCost, ...]
+    edge_elements: int = 0
+    """Elements of the graph's inputs and outputs, which an int8 QDQ graph quantizes or dequantizes."""
 
     @property
     def macs(self) -> int:
@@ -196,13 +221,20 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
     shapes = stats.static_shapes(model)
     graph = model.graph
     constants = {init.name for init in graph.initializer}
+    readers = Counter(n for node in graph.node for n in node.input if n)
+    readers.update(o.name for o in graph.output)
     conv_outputs: set[str] = set()
+    # Tensors written by a MAC operator or by what the runtimes fuse into one: an activation reading
+    # such a tensor alone fuses into the operator too, one that shares it with another reader
+    # (a SiLU's Sigmoid and Mul) cannot, so it runs as its own kernel.
+    mac_outputs: set[str] = set()
     ops: list[OpCost] = []
-    previous_mac = False
     for node in graph.node:
         weights = sum(_elements(shapes.get(n)) for n in node.input if n in constants)
-        if node.input and all(not n or n in constants for n in node.input):
-            constants.update(node.output)  # folded at load time: its output is a weight
+        folded = node.op_type == "Shape" and node.input[0] in shapes
+        if folded or (node.input and all(not n or n in constants for n in node.input)):
+            # Folded at load time (a Shape of a statically shaped tensor too): its output is a weight.
+            constants.update(node.output)
             ops.append(OpCost(node.name, node.op_type, 0, weights, 0, dispatch=False))
             continue
         if node.op_type in _FREE:
@@ -211,24 +243,28 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
         if node.op_type == "BatchNormalization" and _folded_into_conv(node, model, constants):
             # Every runtime here, and the int8 passes before quantizing, fold it into the Conv's weights.
             conv_outputs.update(node.output)
+            mac_outputs.update(node.output)
             ops.append(OpCost(node.name, node.op_type, 0, weights, 0, dispatch=False))
             continue
         activations = sum(_elements(shapes.get(n)) for n in [*node.input, *node.output] if n and n not in constants)
         macs = stats.node_macs(node, shapes) if node.op_type in _MAC_OPS else 0
+        data = next((n for n in node.input if n and n not in constants), "")
         # A bias Add after a MatMul becomes part of a Gemm in float (onnxruntime's MatMulAddFusion);
         # in an int8 QDQ graph it runs as its own QLinearAdd (see _on_cpu).
         bias = node.op_type == "Add" and any(n in constants for n in node.input)
-        fused = previous_mac and (node.op_type in _FUSED_AFTER_MAC or bias)
+        fused = data in mac_outputs and readers[data] == 1 and (node.op_type in _FUSED_AFTER_MAC or bias)
         follows_conv = any(n in conv_outputs for n in node.input)
-        out_elements = _elements(shapes.get(node.output[0])) if macs else 0
         ops.append(OpCost(node.name, node.op_type, macs, weights, activations, dispatch=not fused,
                           op_class=_op_class(node, shapes), inputs=sum(1 for n in node.input if n), follows_conv=follows_conv,
-                          output_elements=out_elements))
+                          output_elements=sum(_elements(shapes.get(n)) for n in node.output if n),
+                          patch_elements=_patch_elements(node, shapes, macs), group_channels=_group_channels(node, shapes)))
         if node.op_type == "Conv" or (fused and follows_conv):
             # A fused activation's output is still in the int8 convolution's NHWC layout.
             conv_outputs.update(node.output)
-        previous_mac = node.op_type in _MAC_OPS or (fused and previous_mac)
-    return GraphCost(tuple(ops))
+        if node.op_type in _MAC_OPS or fused:
+            mac_outputs.update(node.output)
+    edges = [i.name for i in graph.input if i.name not in {init.name for init in graph.initializer}] + [o.name for o in graph.output]
+    return GraphCost(tuple(ops), edge_elements=sum(_elements(shapes.get(n)) for n in edges))
 
 
 def _folded_into_conv(bn: onnx.NodeProto, model: onnx.ModelProto, constants: set[str]) -> bool:
@@ -286,11 +322,17 @@ def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFor
     kernel_format = NumberFormat.INT8 if number_format in _INT8_FORMATS else NumberFormat.FP32
     if number_format is NumberFormat.FP16 and profile.formats.get(NumberFormat.FP16) is Speed.FAST:
         kernel_format = NumberFormat.FP16
-    figures = {(k.op, k.format): k for k in profile.throughput.kernels if k.runtime is runtime}
+    t = profile.throughput
+    figures = {(k.op, k.format): k for k in t.kernels if k.runtime is runtime}
+    elementwise = {(e.op, e.format): e for e in t.elementwise if e.runtime is runtime}
+    # Only a static int8 graph runs its elementwise operators on int8 tensors.
+    elementwise_format = NumberFormat.INT8 if static_int8 else NumberFormat.FP32
     compute = memory = 0.0
-    # A QDQ graph quantizes its input and dequantizes its output (and transposes around int8 convolutions).
-    edges_us = profile.throughput.qdq_edges_us if profile.throughput.qdq_edges_us is not None else 2 * op_us
-    overhead = (call_us + (edges_us if qdq else 0.0)) * 1e-6
+    overhead = call_us * 1e-6
+    if runtime is Runtime.ONNXRUNTIME and t.layout_edges is not None and any(o.op_type == "Conv" for o in graph.ops):
+        overhead += _edge_s(t.layout_edges, graph)  # reordering into and out of the convolutions' blocked layout
+    if qdq:  # quantizing the input, dequantizing the output, transposing around int8 convolutions
+        overhead += _edge_s(t.qdq_edges, graph) if t.qdq_edges is not None else 2 * op_us * 1e-6
     moved = 0
     for op in graph.ops:
         # In a QDQ graph only Relu and Clip fuse into the int8 operator before them: the rest run
@@ -305,6 +347,10 @@ def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFor
         activations = 0 if through is None else op.activation_elements * activation_bytes
         op_bytes = int(op.weight_elements * weight_bytes + activations)
         c = _compute_s(op, figures.get((op.op_class, kernel_format)), ops_per_s)
+        figure = elementwise.get((_ELEMENTWISE_FIGURE.get(op.op_type, op.op_type), elementwise_format))
+        if figure is not None and not island:
+            # Measured with its activations in cache, so it replaces the pass at the cache rate (see m below).
+            c = (figure.fixed_us + figure.ns_per_element * op.output_elements * 1e-3) * 1e-6
         if runtime_quantization and op.op_type == "Conv":
             fp32 = _compute_s(op, figures.get((op.op_class, NumberFormat.FP32)), _throughput(profile, NumberFormat.FP32) * 1e9)
             c = fp32 * _CONV_INTEGER_SLOWDOWN
@@ -314,7 +360,7 @@ def _on_cpu(graph: GraphCost, profile: HardwareProfile, number_format: NumberFor
         # An island runs in float between a DequantizeLinear per input and a QuantizeLinear per output,
         # and next to an NHWC int8 convolution, a Transpose out of and back into its layout.
         extra = op.inputs + 1 + (2 if op.follows_conv else 0)
-        measured_island = profile.throughput.qdq_island
+        measured_island = t.qdq_island
         if island and measured_island is not None:
             # Measured on a BatchNormalization after a Conv and Relu; other islands in proportion to their operators.
             scale = extra / _MEASURED_ISLAND_OPS
@@ -387,6 +433,10 @@ def _estimate(compute: float, memory: float, overhead: float, graph: GraphCost, 
     )
 
 
+def _edge_s(cost: EdgeCost, graph: GraphCost) -> float:
+    return (cost.fixed_us + cost.ns_per_element * graph.edge_elements * 1e-3) * 1e-6
+
+
 def _compute_s(op: OpCost, figure: KernelFigure | None, ops_per_s: float) -> float:
     """Seconds of arithmetic: the class's fixed cost (per operator and per output element) plus its MACs
     at the class's share of the peak."""
@@ -394,7 +444,10 @@ def _compute_s(op: OpCost, figure: KernelFigure | None, ops_per_s: float) -> flo
         return 0.0
     if figure is None:
         return 2 * op.macs / ops_per_s
-    fixed = figure.fixed_us * 1e-6 + figure.ns_per_output * op.output_elements * 1e-9
+    per_output = figure.ns_per_output
+    if op.group_channels % figure.channel_multiple:
+        per_output += figure.ns_per_output_unaligned
+    fixed = figure.fixed_us * 1e-6 + (per_output * op.output_elements + figure.ns_per_patch_element * op.patch_elements) * 1e-9
     return fixed + 2 * op.macs / (ops_per_s * figure.efficiency)
 
 
@@ -436,6 +489,21 @@ def _op_class(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> str:
             return "depthwise"
         return "pointwise" if _elements(w[2:]) == 1 and group == 1 else "conv"
     return "matvec" if _elements(out[:-1]) == 1 else "gemm"
+
+
+def _group_channels(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
+    """A Conv's input channels per group, the second dimension of its weights (0 when unknown or not a Conv)."""
+    w = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    return w[1] if w and len(w) > 1 else 0
+
+
+def _patch_elements(node: onnx.NodeProto, shapes: Mapping[str, list[int]], macs: int) -> int:
+    """Elements of the input patches a Conv gathers: its MACs over the output channels of one group."""
+    w = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    if not w or not macs:
+        return 0
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return macs * group // w[0]
 
 
 def _elements(shape: list[int] | None) -> int:

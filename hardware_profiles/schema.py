@@ -152,9 +152,50 @@ class KernelFigure(_Strict):
     )
     ns_per_output: float = Field(
         default=0, ge=0, description="Time per element of the operator's output that does not shrink with its MACs "
-        "(packing its input, writing and re-laying out its output), nanoseconds: what makes a small layer's fixed "
-        "cost smaller than a big one's."
+        "(writing and re-laying out its output), nanoseconds: what makes a small layer's fixed cost smaller than a "
+        "big one's."
     )
+    ns_per_patch_element: float = Field(
+        default=0, ge=0, description="For convolutions: time per element of the input patches the operator gathers "
+        "(output pixels x input channels x kernel area, what an im2col packs), nanoseconds. Unlike a per-output "
+        "cost it shrinks with the input channels: a stem convolution from 1 or 3 channels packs little."
+    )
+    channel_multiple: int = Field(
+        default=1, ge=1, description="For convolutions: the kernel's fast path takes input channels (per group) in "
+        "multiples of this; onnxruntime's x86 int8 convolution takes them in fours."
+    )
+    ns_per_output_unaligned: float = Field(
+        default=0, ge=0, description="Extra time per output element when the input channels are not a multiple of "
+        "channel_multiple (the slower path), nanoseconds: a stem convolution from 1 or 3 channels in int8."
+    )
+
+
+class ElementwiseFigure(_Strict):
+    """What one operator without multiply-accumulates costs in one runtime and number format: a constant
+    and a part per element it writes.
+
+    Such an operator runs at a rate of its own, not at the cache's: a Sigmoid evaluates an exponential
+    per element, an int8 Add or Mul rescales every element from its inputs' quantization to its
+    output's. Measured on stacks of that operator (``bench/compile_bench.py --sections host``); an
+    operator not listed costs a pass over its activations at ``memory.cache_bandwidth_gbps``.
+    """
+
+    runtime: Runtime
+    op: Literal["Add", "Mul", "Sigmoid", "Concat"] = Field(
+        description="The ONNX operator; Concat stands for every operator that copies its inputs into its outputs "
+        "(Concat, Split, Slice)."
+    )
+    format: NumberFormat
+    fixed_us: float = Field(default=0, ge=0, description="Per operator, on top of op_overhead_us, microseconds.")
+    ns_per_element: float = Field(ge=0, description="Per element of the operator's outputs, nanoseconds.")
+
+
+class EdgeCost(_Strict):
+    """What a runtime pays once per call at a graph's edges: a constant and a part per element of the
+    graph's inputs and outputs. Measured on single layers (bench/compile_bench.py --sections host)."""
+
+    fixed_us: float = Field(ge=0, description="Per call, microseconds.")
+    ns_per_element: float = Field(default=0, ge=0, description="Per element of the graph's inputs and outputs, nanoseconds.")
 
 
 class FloatIsland(_Strict):
@@ -186,11 +227,17 @@ class Throughput(_Strict):
     op_overhead_us: float | None = Field(
         default=None, ge=0, description="Fixed cost of dispatching one operator, microseconds. Default: derived from the clock."
     )
-    qdq_edges_us: float | None = Field(
-        default=None, ge=0, description="What an onnxruntime int8 QDQ graph costs once per call at its edges, "
-        "microseconds: quantizing the input, dequantizing the output and, around int8 convolutions, the layout "
-        "Transposes into and out of NHWC; measured as a single int8 layer less the same fp32 layer, less what one more "
-        "such layer costs in each format (bench/compile_bench.py --sections host). Default: two operator dispatches."
+    layout_edges: EdgeCost | None = Field(
+        default=None, description="What an onnxruntime graph with convolutions costs at its edges, in every format: "
+        "reordering its input into the blocked layout its convolutions run in (NCHWc for fp32) and its output back. "
+        "Measured as a single fp32 convolution less what one more such layer costs (bench/compile_bench.py "
+        "--sections host). Default: nothing."
+    )
+    qdq_edges: EdgeCost | None = Field(
+        default=None, description="What an onnxruntime int8 QDQ graph costs at its edges on top of that: quantizing "
+        "the input, dequantizing the output and, around int8 convolutions, the layout Transposes into and out of NHWC; "
+        "measured as a single int8 layer less the same fp32 layer, less what one more such layer costs in each format "
+        "(bench/compile_bench.py --sections host). Default: two operator dispatches."
     )
     qdq_island: FloatIsland | None = Field(
         default=None, description="Measured cost of an operator left in float in an onnxruntime int8 QDQ graph. "
@@ -199,6 +246,10 @@ class Throughput(_Strict):
     kernels: list[KernelFigure] = Field(
         default_factory=list, description="Per operator class efficiency, measured; a class not listed runs at "
         "the peak figure above with no fixed cost."
+    )
+    elementwise: list[ElementwiseFigure] = Field(
+        default_factory=list, description="Per operator cost of operators without multiply-accumulates, measured; "
+        "an operator not listed costs a pass over its activations at the cache or memory rate."
     )
 
 
@@ -249,10 +300,12 @@ class HardwareProfile(_Strict):
                 raise ValueError("a microcontroller runs TFLite Micro only: runtimes must be [tflm]")
         if NumberFormat.FP32 not in self.formats:
             raise ValueError("formats must list fp32 (every runtime here can fall back to it)")
-        kernels = [(k.runtime.value, k.op, k.format.value) for k in self.throughput.kernels]
-        if len(set(kernels)) < len(kernels):
-            twice = sorted({k for k in kernels if kernels.count(k) > 1})
-            raise ValueError(f"throughput.kernels lists {', '.join('/'.join(k) for k in twice)} more than once; keep one figure each")
+        for field in ("kernels", "elementwise"):
+            keys = [(k.runtime.value, k.op, k.format.value) for k in getattr(self.throughput, field)]
+            if len(set(keys)) < len(keys):
+                twice = sorted({k for k in keys if keys.count(k) > 1})
+                raise ValueError(f"throughput.{field} lists {', '.join('/'.join(k) for k in twice)} more than once; "
+                                 "keep one figure each")
         return self
 
     def fast_formats(self) -> list[NumberFormat]:

@@ -208,13 +208,42 @@ def test_an_int8_bias_add_and_residual_add_are_int8_kernels_not_islands() -> Non
     assert cost_model.estimate(mm, costly, NumberFormat.INT8).overhead_ms == pytest.approx(0.002 + 0.002)
 
 
-def test_measured_qdq_edges_replace_the_two_dispatches_of_an_int8_graph() -> None:
-    edges = {"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0, "qdq_edges_us": 5}
-    measured, plain = board(throughput=edges), board(throughput={**edges, "qdq_edges_us": None})
+def test_measured_graph_edges_replace_the_two_dispatches_of_an_int8_graph_and_add_conv_layout_reorders() -> None:
+    plain_throughput = {"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 1, "call_overhead_us": 0}
+    edges = {**plain_throughput, "qdq_edges": {"fixed_us": 5, "ns_per_element": 2}, "layout_edges": {"fixed_us": 3, "ns_per_element": 1}}
+    measured, plain = board(throughput=edges), board(throughput=plain_throughput)
     g = cost_model.analyse(convs())
-    gap = cost_model.estimate(g, measured, NumberFormat.INT8).overhead_ms - cost_model.estimate(g, plain, NumberFormat.INT8).overhead_ms
-    assert gap == pytest.approx((5 - 2) * 1e-3)  # instead of two dispatches of 1 us
-    assert cost_model.estimate(g, measured, NumberFormat.FP32).overhead_ms == cost_model.estimate(g, plain, NumberFormat.FP32).overhead_ms
+    assert g.edge_elements == 8 * 16 * 16 + 4  # the input feature map and the class scores
+
+    def gap(f: NumberFormat, graph: cost_model.GraphCost = g) -> float:
+        return cost_model.estimate(graph, measured, f).overhead_ms - cost_model.estimate(graph, plain, f).overhead_ms
+
+    layout = 3e-3 + 1e-6 * g.edge_elements
+    assert gap(NumberFormat.FP32) == pytest.approx(layout)
+    assert gap(NumberFormat.INT8) == pytest.approx(layout + 5e-3 + 2e-6 * g.edge_elements - 2e-3)  # not two dispatches of 1 us
+    # No convolution, no blocked layout; and LiteRT pays neither.
+    dense = cost_model.analyse(mlp())
+    assert gap(NumberFormat.FP32, dense) == 0
+    assert gap(NumberFormat.INT8, dense) == pytest.approx(5e-3 + 2e-6 * dense.edge_elements - 2e-3)
+    assert cost_model.estimate(g, measured, NumberFormat.FP32, runtime=Runtime.LITERT).overhead_ms == pytest.approx(
+        cost_model.estimate(g, plain, NumberFormat.FP32, runtime=Runtime.LITERT).overhead_ms)
+
+
+def test_a_convolution_pays_per_input_patch_element_and_for_input_channels_off_the_fast_path() -> None:
+    """Stems from 1 or 3 channels pack little (the per-patch part), but onnxruntime's x86 int8 kernel
+    takes input channels in fours, and anything else costs a slower path per output element."""
+    fast_memory = {"ram": "512 MiB", "storage": "8 GB", "bandwidth_gbps": 1000}
+    plain = board(memory=fast_memory)
+    g = cost_model.analyse(convs())
+    conv = next(o for o in g.ops if o.op_class == "conv")  # 8 -> 8 channels, 3x3, on 16x16
+    assert (conv.group_channels, conv.patch_elements, conv.output_elements) == (8, 16 * 16 * 8 * 9, 8 * 16 * 16)
+    for multiple, unaligned in ((4, False), (16, True)):
+        figure = {"runtime": "onnxruntime", "op": "conv", "format": "fp32", "efficiency": 1, "ns_per_patch_element": 2,
+                  "channel_multiple": multiple, "ns_per_output_unaligned": 5}
+        measured = board(memory=fast_memory, throughput={"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 0,
+                                                          "call_overhead_us": 0, "kernels": [figure]})
+        extra = cost_model.estimate(g, measured, NumberFormat.FP32).compute_ms - cost_model.estimate(g, plain, NumberFormat.FP32).compute_ms
+        assert extra == pytest.approx((2e-9 * conv.patch_elements + unaligned * 5e-9 * conv.output_elements) * 1e3)
 
 
 def test_a_per_output_element_fixed_cost_makes_small_layers_cheaper_than_big_ones() -> None:
@@ -228,6 +257,60 @@ def test_a_per_output_element_fixed_cost_makes_small_layers_cheaper_than_big_one
     assert conv.output_elements == 8 * 16 * 16
     extra = cost_model.estimate(g, per_element, NumberFormat.FP32).compute_ms - cost_model.estimate(g, plain, NumberFormat.FP32).compute_ms
     assert extra == pytest.approx((2e-6 + 3e-9 * 8 * 16 * 16) * 1e3)
+
+
+def silu_head() -> onnx.ModelProto:
+    """A Conv whose output two operators read (SiLU: x * Sigmoid(x)), a reshape computed from Shape as
+    exporters write it, and a Split/Concat, as in yolo_detector."""
+    model = parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8,16,16] x) => (float[1,8,256] y) {
+            c = Conv <pads = [1,1,1,1]> (x, w)
+            s = Sigmoid(c)
+            a = Mul(c, s)
+            h1, h2 = Split <axis = 1> (a)
+            m = Concat <axis = 1> (h2, h1)
+            shape = Shape(m)
+            batch = Gather <axis = 0> (shape, zero)
+            target = Concat <axis = 0> (batch, rest)
+            y = Reshape(m, target)
+        }""")
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w"),
+                                    numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                                    numpy_helper.from_array(np.array([8, 256], np.int64), "rest")])
+    return model
+
+
+def test_an_activation_sharing_its_input_with_another_reader_is_not_fused_and_static_shapes_fold() -> None:
+    g = cost_model.analyse(silu_head())
+    ops = {o.op_type: o for o in g.ops}
+    # onnxruntime fuses an activation into the Conv before it only when it is that output's one reader.
+    assert ops["Sigmoid"].dispatch and ops["Mul"].dispatch
+    assert ops["Sigmoid"].output_elements == 8 * 16 * 16
+    # The Shape of a statically shaped tensor, and what is computed from it, fold at load time.
+    assert not ops["Shape"].dispatch and not ops["Gather"].dispatch
+    assert [o.op_type for o in g.ops if o.dispatch] == ["Conv", "Sigmoid", "Mul", "Split", "Concat"]
+    only_child = cost_model.analyse(convs())
+    assert not next(o for o in only_child.ops if o.op_type == "Relu").dispatch
+
+
+def test_an_elementwise_figure_prices_its_operator_per_element_written_in_its_format() -> None:
+    g = cost_model.analyse(silu_head())
+    elements = 8 * 16 * 16
+    throughput = {"fp32_gflops": 5, "int8_gops": 10, "op_overhead_us": 0, "call_overhead_us": 0}
+    # Activations in a cache whose rate the profile does not state pass between operators for free.
+    cached = {"ram": "512 MiB", "storage": "8 GB", "bandwidth_gbps": 2, "cache": "1 MiB"}
+    plain = board(memory=cached, throughput=throughput)
+    figures = [{"runtime": "onnxruntime", "op": "Sigmoid", "format": "fp32", "fixed_us": 1, "ns_per_element": 2},
+               {"runtime": "onnxruntime", "op": "Concat", "format": "int8", "fixed_us": 3, "ns_per_element": 0.5}]
+    measured = board(memory=cached, throughput={**throughput, "elementwise": figures})
+    sigmoid = cost_model.estimate(g, measured, NumberFormat.FP32).compute_ms - cost_model.estimate(g, plain, NumberFormat.FP32).compute_ms
+    assert sigmoid == pytest.approx((1e-6 + 2e-9 * elements) * 1e3)
+    # Split and Slice copy as Concat does: the Concat figure prices both, in int8 only.
+    copies = cost_model.estimate(g, measured, NumberFormat.INT8).compute_ms - cost_model.estimate(g, plain, NumberFormat.INT8).compute_ms
+    assert copies == pytest.approx(2 * (3e-6 + 0.5e-9 * elements) * 1e3)
+    assert cost_model.estimate(g, measured, NumberFormat.INT8, runtime=Runtime.LITERT).latency_ms == pytest.approx(
+        cost_model.estimate(g, plain, NumberFormat.INT8, runtime=Runtime.LITERT).latency_ms)
 
 
 def test_fp16_on_a_counted_phone_gpu_beats_cpu_int8_for_a_big_conv_net_but_not_for_a_tiny_mlp(digits_mlp) -> None:  # type: ignore[no-untyped-def]
@@ -257,10 +340,13 @@ def test_an_accelerator_not_counted_is_never_assumed_and_must_say_why() -> None:
         board(accelerators=[npu])
 
 
-def test_a_kernel_figure_listed_twice_is_an_error() -> None:
+def test_a_kernel_or_elementwise_figure_listed_twice_is_an_error() -> None:
     figure = {"runtime": "onnxruntime", "op": "conv", "format": "int8", "efficiency": 1.0}
-    with pytest.raises(ValueError, match="onnxruntime/conv/int8 more than once"):
+    with pytest.raises(ValueError, match="throughput.kernels lists onnxruntime/conv/int8 more than once"):
         board(throughput={"fp32_gflops": 5, "int8_gops": 10, "kernels": [figure, figure]})
+    add = {"runtime": "onnxruntime", "op": "Add", "format": "fp32", "ns_per_element": 0.2}
+    with pytest.raises(ValueError, match="throughput.elementwise lists onnxruntime/Add/fp32 more than once"):
+        board(throughput={"fp32_gflops": 5, "int8_gops": 10, "elementwise": [add, add]})
 
 
 def test_corrections_are_the_median_ratio_per_profile() -> None:
