@@ -44,13 +44,13 @@ A roofline per operator, plus what the runtime costs around the arithmetic:
   the activations; ``throughput.qdq_island``, where a profile has it, is what one such island was
   measured to cost instead, and ``throughput.qdq_edges`` (a constant and a part per element of the
   graph's inputs and outputs) what quantizing the input, dequantizing the output and the layout
-  Transposes around int8 convolutions cost per call.
+  Transposes around int8 convolutions cost per call. Unfolded BatchNormalizations and int8
+  activations (which onnxruntime's x86 kernels cannot take where a tensor has several readers) made
+  such islands the reason int8 models ran 1.4-3x slower than fp32 here, until the int8-static pass
+  stopped leaving them (docs/benchmarks.md).
 - An onnxruntime graph with convolutions, in any format, also pays ``throughput.layout_edges`` per
   call: its fp32 convolutions run in a blocked layout (NCHWc), and its input and output are
-  reordered into and out of it (the int8 figure above is measured on top of this). Unfolded
-  BatchNormalizations and int8 activations (which onnxruntime's x86 kernels cannot take where a
-  tensor has several readers) made such islands the reason int8 models ran 1.4-3x slower than fp32
-  here, until the int8-static pass stopped leaving them (docs/benchmarks.md).
+  reordered into and out of it (the int8 figure above is measured on top of this).
 - Dynamic int8 quantizes each MAC operator's input on every call: one more operator, one more
   pass over that input. A dynamically quantized convolution runs ``ConvInteger``, for which
   onnxruntime's CPU provider has no optimised kernel: measured 20-200x slower than fp32 on the
@@ -220,7 +220,8 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
     """
     shapes = stats.static_shapes(model)
     graph = model.graph
-    constants = {init.name for init in graph.initializer}
+    initializers = {init.name for init in graph.initializer}
+    constants = set(initializers)
     readers = Counter(n for node in graph.node for n in node.input if n)
     readers.update(o.name for o in graph.output)
     conv_outputs: set[str] = set()
@@ -263,7 +264,7 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
             conv_outputs.update(node.output)
         if node.op_type in _MAC_OPS or fused:
             mac_outputs.update(node.output)
-    edges = [i.name for i in graph.input if i.name not in {init.name for init in graph.initializer}] + [o.name for o in graph.output]
+    edges = [i.name for i in graph.input if i.name not in initializers] + [o.name for o in graph.output]
     return GraphCost(tuple(ops), edge_elements=sum(_elements(shapes.get(n)) for n in edges))
 
 
@@ -434,12 +435,13 @@ def _estimate(compute: float, memory: float, overhead: float, graph: GraphCost, 
 
 
 def _edge_s(cost: EdgeCost, graph: GraphCost) -> float:
+    """Seconds a graph pays once per call at its edges: a constant and a part per element of its inputs and outputs."""
     return (cost.fixed_us + cost.ns_per_element * graph.edge_elements * 1e-3) * 1e-6
 
 
 def _compute_s(op: OpCost, figure: KernelFigure | None, ops_per_s: float) -> float:
-    """Seconds of arithmetic: the class's fixed cost (per operator and per output element) plus its MACs
-    at the class's share of the peak."""
+    """Seconds of arithmetic: the class's fixed cost (per operator, per output element, per input patch
+    element, and the slower path of unaligned input channels) plus its MACs at the class's share of the peak."""
     if not op.macs:
         return 0.0
     if figure is None:
@@ -498,7 +500,7 @@ def _group_channels(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> in
 
 
 def _patch_elements(node: onnx.NodeProto, shapes: Mapping[str, list[int]], macs: int) -> int:
-    """Elements of the input patches a Conv gathers: its MACs over the output channels of one group."""
+    """Elements of the input patches a Conv gathers: its MACs over its output channels per group."""
     w = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
     if not w or not macs:
         return 0
