@@ -74,6 +74,26 @@ def test_chunks_reassemble_in_any_order_and_resume_after_restart(tmp_path: Path)
     assert resumed.finish().read_bytes() == data
 
 
+def test_a_chunk_arriving_after_the_download_was_given_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The disk-full fault: the run thread discards the download while the network thread still
+    delivers chunks. A late chunk must not write a .chunks index listing chunks the next attempt's
+    fresh .part does not have (that attempt would fail its whole-file hash)."""
+    data = bytes(range(256)) * 12
+    ref = _ref(data, 1000)
+    dl = ChunkedDownload(tmp_path, ref)
+    assert dl.accept(0, data[:1000])
+    dl.discard()
+    assert not dl.accept(1, data[1000:2000])
+    assert list(tmp_path.iterdir()) == []
+    # An index whose .part is gone (a crash between discard's two unlinks) is not believed either.
+    (tmp_path / f"{ref.sha256}.chunks").write_text("[0, 1]")
+    again = ChunkedDownload(tmp_path, ref)
+    assert again.have == set()
+    for i in range(ref.chunk_count()):
+        assert again.accept(i, data[i * 1000 : (i + 1) * 1000])
+    assert again.finish().read_bytes() == data
+
+
 def test_a_corrupt_chunk_is_refused_and_not_written(tmp_path: Path) -> None:
     data = b"x" * 3000
     dl = ChunkedDownload(tmp_path, _ref(data, 1000))
