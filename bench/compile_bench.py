@@ -311,80 +311,88 @@ def _robust_fit(columns: np.ndarray, t: np.ndarray) -> list[float]:
     return [float(v) for v in fit.x]
 
 
-def section_host(runs: int, alongside: dict[str, onnx.ModelProto]) -> tuple[HardwareProfile, dict[str, float]]:
-    """The generic profile's overheads, peaks and per-class kernel figures, from single layers timed here:
-    the profile with this run's figures in place of the YAML's, and the latencies of the ``alongside``
-    models, timed interleaved with the layers (so both see the machine in the same states)."""
-    def chain(n: int, width: int = 16) -> onnx.ModelProto:
-        names = ["x", *(f"t{i}" for i in range(1, n)), "y"]
-        return _single([helper.make_node("Relu" if i % 2 else "Neg", [names[i]], [names[i + 1]]) for i in range(n)],
-                       [1, width], [1, width], {})
+def _chain(n: int, width: int = 16) -> onnx.ModelProto:
+    """``n`` alternating Neg and Relu on [1, width]: call and per-operator overhead, and at 64 k
+    elements (256 KB) the rate of a pass through the cache."""
+    names = ["x", *(f"t{i}" for i in range(1, n)), "y"]
+    return _single([helper.make_node("Relu" if i % 2 else "Neg", [names[i]], [names[i + 1]]) for i in range(n)],
+                   [1, width], [1, width], {})
 
-    # 256 KB tensors: each elementwise pass reads and writes them inside the cache.
-    models: dict[str, onnx.ModelProto] = {"1 op": chain(1), "101 ops": chain(101), "1 op 64k": chain(1, 65536),
-                                          "101 ops 64k": chain(101, 65536), "dram": _probe()}
-    one, many = micro_models(1), micro_models(_STACK)
-    for (op, size), m in one.items():
-        for depth, model in ((1, m), (_STACK, many[(op, size)])):
+
+def host_models() -> dict[str, onnx.ModelProto]:
+    """Every graph section ``host`` times, by the key ``HostTimings`` reads it back with."""
+    models: dict[str, onnx.ModelProto] = {"1 op": _chain(1), "101 ops": _chain(101), "1 op 64k": _chain(1, 65536),
+                                          "101 ops 64k": _chain(101, 65536), "dram": _probe()}
+    for depth in (1, _STACK):
+        for (op, size), model in (micro_models(depth) | elementwise_models(depth)).items():
             models[f"{op} {size} fp32 x{depth}"] = model
             models[f"{op} {size} int8 x{depth}"] = int8_static(model)
-    for depth in (1, _STACK):
         for size, model in island_models(depth).items():
             models[f"conv+relu+bn {size} int8 x{depth}"] = int8_static(model)
-        for (op, size), model in elementwise_models(depth).items():
-            models[f"{op} {size} fp32 x{depth}"] = model
-            models[f"{op} {size} int8 x{depth}"] = int8_static(model)
-    stems = stem_models()
-    for (cin, stride), model in stems.items():
+    for (cin, stride), model in stem_models().items():
         models[f"stem {cin}/{stride} fp32"] = model
         models[f"stem {cin}/{stride} int8"] = int8_static(model)
-    ms = measured_ms({**models, **{f"alongside {k}": m for k, m in alongside.items()}}, runs, repeats=5)
-    per_op_us = (ms["101 ops"] - ms["1 op"]) / 100 * 1e3
-    call_us = ms["1 op"] * 1e3 - per_op_us
-    pass_s = (ms["101 ops 64k"] - ms["1 op 64k"]) / 100 * 1e-3 - per_op_us * 1e-6
-    cache_gbps = 2 * 65536 * 4 / pass_s / 1e9
-    _, m, k, n = _DRAM_PROBE
-    dram_gbps = k * n * 4 / (ms["dram"] * 1e-3 - (call_us + per_op_us) * 1e-6) / 1e9
+    return models
 
-    def layer_us(op: str, size: str, f: str) -> float:
+
+@dataclasses.dataclass(frozen=True)
+class HostTimings:
+    """Section ``host``'s measurements (ms by ``host_models`` key) and what follows from them directly."""
+
+    ms: dict[str, float]
+
+    @property
+    def per_op_us(self) -> float:
+        return (self.ms["101 ops"] - self.ms["1 op"]) / 100 * 1e3
+
+    @property
+    def call_us(self) -> float:
+        return self.ms["1 op"] * 1e3 - self.per_op_us
+
+    @property
+    def cache_gbps(self) -> float:
+        pass_s = (self.ms["101 ops 64k"] - self.ms["1 op 64k"]) / 100 * 1e-3 - self.per_op_us * 1e-6
+        return 2 * 65536 * 4 / pass_s / 1e9
+
+    @property
+    def dram_gbps(self) -> float:
+        _, _, k, n = _DRAM_PROBE
+        return k * n * 4 / (self.ms["dram"] * 1e-3 - (self.call_us + self.per_op_us) * 1e-6) / 1e9
+
+    def gops(self, f: str) -> float:
+        """The peak: one more 128x256x256 Gemm layer, in GFLOPS or GOPS."""
+        return 2 * 128 * 256 * 256 / self.layer_us("gemm", "128x256x256", f) / 1e3
+
+    def layer_us(self, op: str, size: str, f: str) -> float:
         """What one more layer costs inside a stack, its dispatch left out."""
-        return max((ms[f"{op} {size} {f} x{_STACK}"] - ms[f"{op} {size} {f} x1"]) * 1e3 / (_STACK - 1) - per_op_us, 0.1)
+        ms = self.ms
+        return max((ms[f"{op} {size} {f} x{_STACK}"] - ms[f"{op} {size} {f} x1"]) * 1e3 / (_STACK - 1) - self.per_op_us, 0.1)
 
-    def edges_us(op: str, size: str) -> float:
+    def qdq_edges_us(self, op: str, size: str) -> float:
         """What an int8 QDQ graph adds at its edges: one int8 layer less the fp32 one, less their per-layer difference."""
-        alone = (ms[f"{op} {size} int8 x1"] - ms[f"{op} {size} fp32 x1"]) * 1e3
-        return max(alone - (layer_us(op, size, "int8") - layer_us(op, size, "fp32")), 0.1)
+        alone = (self.ms[f"{op} {size} int8 x1"] - self.ms[f"{op} {size} fp32 x1"]) * 1e3
+        return max(alone - (self.layer_us(op, size, "int8") - self.layer_us(op, size, "fp32")), 0.1)
 
-    def layout_us(op: str, size: str) -> float:
+    def layout_edges_us(self, op: str, size: str) -> float:
         """What an fp32 graph of one layer pays at its edges: the layer alone less one more of it, the call and its dispatch."""
-        return max(ms[f"{op} {size} fp32 x1"] * 1e3 - layer_us(op, size, "fp32") - call_us - per_op_us, 0.1)
+        return max(self.ms[f"{op} {size} fp32 x1"] * 1e3 - self.layer_us(op, size, "fp32") - self.call_us - self.per_op_us, 0.1)
 
-    # Quantizing the input and dequantizing the output (and transposing both next to an int8
-    # convolution) scale with their elements: a constant plus a part per element, over every layer.
-    qdq_edges_us, qdq_edges_ns = fit_linear([cost_model.analyse(one[key]).edge_elements for key in one],
-                                            [edges_us(op, size) for op, size in one])
-    # Only graphs with convolutions reorder into a blocked layout: fitted over the convolution layers.
-    convs = [(op, size) for op, size in one if op in _PATCHED]
-    layout_fixed, layout_ns = fit_linear([cost_model.analyse(one[key]).edge_elements for key in convs],
-                                         [layout_us(op, size) for op, size in convs])
-    peak_macs = 128 * 256 * 256
-    gops = {f: 2 * peak_macs / layer_us("gemm", "128x256x256", f) / 1e3 for f in ("fp32", "int8")}
-    profile = load_profile(GENERIC)
-    p = profile.throughput
-    print("## host: the generic profile's overheads and peaks, measured here\n")
-    print("| figure | measured | generic-linux-x86_64.yaml |\n|---|---|---|")
-    print(f"| call overhead (1 tiny op, us) | {call_us:.1f} | {p.call_overhead_us} |")
-    print(f"| per-operator overhead (us) | {per_op_us:.2f} | {p.op_overhead_us} |")
-    print(f"| 128x256x256 Gemm fp32, per layer of a stack (GFLOPS) | {gops['fp32']:.0f} | {p.fp32_gflops} |")
-    print(f"| 128x256x256 Gemm int8 QDQ, per layer of a stack (GOPS) | {gops['int8']:.0f} | {p.int8_gops} |")
-    print(f"| 1x4096x4096 Gemm fp32, 64 MB of weights (GB/s) | {dram_gbps:.1f} | {profile.memory.bandwidth_gbps} |")
-    print(f"| elementwise pass over 256 KB, read + write (GB/s) | {cache_gbps:.1f} | {profile.memory.cache_bandwidth_gbps} |")
-    e, q = p.layout_edges, p.qdq_edges
-    print(f"| fp32 convolution graph edges: NCHWc reorders, per call (us) | {layout_fixed:.1f} | {e.fixed_us if e else None} |")
-    print(f"| the same, per element of the graph's inputs and outputs (ns) | {layout_ns:.2f} | {e.ns_per_element if e else None} |")
-    print(f"| int8 QDQ graph edges on top: quantize, dequantize, layout Transposes, per call (us) | {qdq_edges_us:.1f} | "
-          f"{q.fixed_us if q else None} |")
-    print(f"| the same, per element of the graph's inputs and outputs (ns) | {qdq_edges_ns:.2f} | {q.ns_per_element if q else None} |\n")
+
+def fit_edges(t: HostTimings) -> tuple[EdgeCost, EdgeCost]:
+    """(layout_edges, qdq_edges), each a constant plus a part per element of the graph's input and output.
+    Quantizing, dequantizing and transposing happen in every int8 layer's graph; only graphs with
+    convolutions reorder into a blocked layout, so that is fitted over the convolution layers."""
+    layers = list(micro_models(1).items())
+    convs = [(key, m) for key, m in layers if key[0] in _PATCHED]
+    layout = fit_linear([cost_model.analyse(m).edge_elements for _, m in convs], [t.layout_edges_us(*key) for key, _ in convs])
+    qdq = fit_linear([cost_model.analyse(m).edge_elements for _, m in layers], [t.qdq_edges_us(*key) for key, _ in layers])
+    return (EdgeCost(fixed_us=round(layout[0], 1), ns_per_element=round(layout[1], 2)),
+            EdgeCost(fixed_us=round(qdq[0], 1), ns_per_element=round(qdq[1], 2)))
+
+
+def fit_kernels(t: HostTimings) -> tuple[dict[tuple[str, str], tuple[float, float, float]], list[str]]:
+    """Per (class, format): (efficiency, fixed_us, ns per element), and the table rows."""
+    one = micro_models(1)
     fitted: dict[tuple[str, str], tuple[float, float, float]] = {}
     rows = []
     for op in ("conv", "pointwise", "depthwise", "gemm", "matvec"):
@@ -394,67 +402,139 @@ def section_host(runs: int, alongside: dict[str, onnx.ModelProto]) -> tuple[Hard
             macs = [g.macs for g in graphs]
             # What a class's per-element cost scales with: a convolution's input patches, a Gemm's output.
             elements = [sum(o.patch_elements if op in _PATCHED else o.output_elements for o in g.ops) for g in graphs]
-            kernel = [layer_us(op, size, f) for size in keys]
-            eff, fixed, per_element = fit_class(macs, elements, kernel, gops[f])
-            fitted[(op, f)] = (eff, fixed, per_element)
-            for size, n_macs, n_elements, t in zip(keys, macs, elements, kernel, strict=True):
-                model_us = fixed + per_element * n_elements * 1e-3 + 2 * n_macs / (gops[f] * 1e3 * eff)
-                rows.append(f"| {op} {size} | {f} | {n_macs} | {ms[f'{op} {size} {f} x1'] * 1e3:.1f} | "
-                            f"{ms[f'{op} {size} {f} x{_STACK}'] * 1e3:.1f} | {t:.1f} | {model_us:.1f} | {model_us / t:.2f} |")
-    # A BatchNormalization island: one more (Conv, Relu, BN) layer, less one more Conv layer, less BN's dispatch.
-    island_rows, island_elements, island_us = [], [], []
+            kernel = [t.layer_us(op, size, f) for size in keys]
+            eff, fixed, per_element = fitted[(op, f)] = fit_class(macs, elements, kernel, t.gops(f))
+            for size, n_macs, n_elements, us in zip(keys, macs, elements, kernel, strict=True):
+                model_us = fixed + per_element * n_elements * 1e-3 + 2 * n_macs / (t.gops(f) * 1e3 * eff)
+                rows.append(f"| {op} {size} | {f} | {n_macs} | {t.ms[f'{op} {size} {f} x1'] * 1e3:.1f} | "
+                            f"{t.ms[f'{op} {size} {f} x{_STACK}'] * 1e3:.1f} | {us:.1f} | {model_us:.1f} | {model_us / us:.2f} |")
+    return fitted, rows
+
+
+def fit_island(t: HostTimings) -> tuple[FloatIsland, list[str]]:
+    """A BatchNormalization island: one more (Conv, Relu, BN) layer, less one more Conv layer, less BN's dispatch."""
+    rows, elements, island_us = [], [], []
     for c, hw in _CONVS:
         size = f"{c} ch, {hw}x{hw}"
-        stacked = (ms[f"conv+relu+bn {size} int8 x{_STACK}"] - ms[f"conv+relu+bn {size} int8 x1"]) * 1e3 / (_STACK - 1)
-        island = max(stacked - layer_us("conv", size, "int8") - 2 * per_op_us, 0.1)
-        island_elements.append(2 * c * hw * hw)
+        stacked = (t.ms[f"conv+relu+bn {size} int8 x{_STACK}"] - t.ms[f"conv+relu+bn {size} int8 x1"]) * 1e3 / (_STACK - 1)
+        island = max(stacked - t.layer_us("conv", size, "int8") - 2 * t.per_op_us, 0.1)
+        elements.append(2 * c * hw * hw)
         island_us.append(island)
-        island_rows.append(f"| {size} | {2 * c * hw * hw} | {stacked:.1f} | {island:.1f} |")
-    island_fixed, island_ns = fit_linear(island_elements, island_us)
-    # Elementwise operators: one more layer of a stack, per element it writes. A Concat layer is a
-    # Split and a Concat, two copies of every element: half of it, less the Split's dispatch, each.
-    elementwise_rows, elementwise_fitted = [], {}
+        rows.append(f"| {size} | {2 * c * hw * hw} | {stacked:.1f} | {island:.1f} |")
+    fixed, per_element = fit_linear(elements, island_us)
+    return FloatIsland(fixed_us=round(fixed, 1), ns_per_element=round(per_element, 2)), rows
+
+
+def fit_elementwise(t: HostTimings) -> tuple[list[ElementwiseFigure], list[str]]:
+    """One more layer of a stack, per element it writes. A Concat layer is a Split and a Concat, two
+    copies of every element: half of it, less the Split's dispatch, each."""
+    figures, rows = [], []
+    elements = [c * hw * hw for c, hw in _ELEMENTWISE_SIZES]
+    sizes = [f"{c} ch, {hw}x{hw}" for c, hw in _ELEMENTWISE_SIZES]
     for op in _ELEMENTWISE:
         for f in ("fp32", "int8"):
-            elements = [c * hw * hw for c, hw in _ELEMENTWISE_SIZES]
-            sizes = [f"{c} ch, {hw}x{hw}" for c, hw in _ELEMENTWISE_SIZES]
-            us = [max((layer_us(op, size, f) - per_op_us) / 2, 0.1) if op == "Concat" else layer_us(op, size, f) for size in sizes]
-            fixed, per_element = elementwise_fitted[(op, f)] = fit_linear(elements, us)
+            us = [max((t.layer_us(op, size, f) - t.per_op_us) / 2, 0.1) if op == "Concat" else t.layer_us(op, size, f)
+                  for size in sizes]
+            fixed, per_element = fit_linear(elements, us)
+            figures.append(ElementwiseFigure(runtime=Runtime.ONNXRUNTIME, op=op, format=NumberFormat(f), fixed_us=round(fixed, 1),
+                                             ns_per_element=round(per_element, 2)))
             for size, n, u in zip(sizes, elements, us, strict=True):
                 model_us = fixed + per_element * n * 1e-3
-                elementwise_rows.append(f"| {op} | {size} | {f} | {n} | {u:.2f} | {u * 1e3 / n:.2f} | {model_us:.2f} | "
-                                        f"{model_us / u:.2f} |")
-    # A stem costs the two-layer graph less the second layer alone, less its dispatch and what the
-    # graph's edges pay for its different input. Over the conv figures, per output element: the
-    # slower path of input channels off the multiple (median over those stems at stride 1).
-    edge_ns = {"fp32": layout_ns, "int8": layout_ns + qdq_edges_ns}
+                rows.append(f"| {op} | {size} | {f} | {n} | {u:.2f} | {u * 1e3 / n:.2f} | {model_us:.2f} | {model_us / u:.2f} |")
+    return figures, rows
+
+
+def fit_stems(t: HostTimings, kernels: dict[tuple[str, str], tuple[float, float, float]],
+              edges: tuple[EdgeCost, EdgeCost]) -> tuple[dict[str, float], list[str]]:
+    """Per format, the slower path's cost per output element of input channels off ``_CHANNEL_MULTIPLE``
+    (median over those stems at stride 1; none when negative), and the table rows. A stem costs the
+    two-layer graph less the second layer alone, less its dispatch and what the graph's edges pay
+    for its different input; the conv class's figures are checked against every stem."""
+    stems = stem_models()
+    layout, qdq = edges
+    edge_ns = {"fp32": layout.ns_per_element, "int8": layout.ns_per_element + qdq.ns_per_element}
     base_edges = cost_model.analyse(stems[(0, 1)]).edge_elements
-    stem_convs = {key: next(o for o in cost_model.analyse(stems[key]).ops if o.op_type == "Conv") for key in _STEMS}
-    stem_us = {(key, f): (ms[f"stem {key[0]}/{key[1]} {f}"] - ms[f"stem 0/1 {f}"]) * 1e3 - per_op_us
-               - edge_ns[f] * (cost_model.analyse(stems[key]).edge_elements - base_edges) * 1e-3
-               for key in _STEMS for f in ("fp32", "int8")}
+    convs = {key: next(o for o in cost_model.analyse(stems[key]).ops if o.op_type == "Conv") for key in _STEMS}
+    measured = {(key, f): (t.ms[f"stem {key[0]}/{key[1]} {f}"] - t.ms[f"stem 0/1 {f}"]) * 1e3 - t.per_op_us
+                - edge_ns[f] * (cost_model.analyse(stems[key]).edge_elements - base_edges) * 1e-3
+                for key in _STEMS for f in ("fp32", "int8")}
 
-    def conv_figures_us(conv: cost_model.OpCost, f: str) -> float:
-        eff, fixed, per_element = fitted[("conv", f)]
-        return fixed + per_element * conv.patch_elements * 1e-3 + 2 * conv.macs / (gops[f] * 1e3 * eff)
+    def from_figures_us(conv: cost_model.OpCost, f: str) -> float:
+        eff, fixed, per_element = kernels[("conv", f)]
+        return fixed + per_element * conv.patch_elements * 1e-3 + 2 * conv.macs / (t.gops(f) * 1e3 * eff)
 
-    def slower_path_ns(f: str, keys: list[tuple[int, int]]) -> float:
-        return max(statistics.median((stem_us[(k, f)] - conv_figures_us(stem_convs[k], f)) * 1e3 / stem_convs[k].output_elements
-                                     for k in keys), 0.0)
-
-    unaligned = {f: slower_path_ns(f, [(c, s) for c, s in _STEMS if s == 1 and c % _CHANNEL_MULTIPLE]) for f in ("fp32", "int8")}
-    stem_rows = []
-    for (cin, stride), conv in stem_convs.items():
+    unaligned_keys = [(c, s) for c, s in _STEMS if s == 1 and c % _CHANNEL_MULTIPLE]
+    unaligned = {f: max(statistics.median((measured[(k, f)] - from_figures_us(convs[k], f)) * 1e3 / convs[k].output_elements
+                                          for k in unaligned_keys), 0.0) for f in ("fp32", "int8")}
+    rows = []
+    for (cin, stride), conv in convs.items():
         for f in ("fp32", "int8"):
             slower = unaligned[f] if cin % _CHANNEL_MULTIPLE else 0.0
-            model_us = conv_figures_us(conv, f) + slower * conv.output_elements * 1e-3
-            measured_us = stem_us[((cin, stride), f)]
-            stem_rows.append(f"| {cin} | {stride} | {f} | {conv.macs} | {conv.output_elements} | {conv.patch_elements} | "
-                             f"{measured_us:.1f} | {model_us:.1f} | {model_us / max(measured_us, 0.1):.2f} |")
+            model_us = from_figures_us(conv, f) + slower * conv.output_elements * 1e-3
+            us = measured[((cin, stride), f)]
+            rows.append(f"| {cin} | {stride} | {f} | {conv.macs} | {conv.output_elements} | {conv.patch_elements} | "
+                        f"{us:.1f} | {model_us:.1f} | {model_us / max(us, 0.1):.2f} |")
+    return unaligned, rows
+
+
+def kernel_figures(kernels: dict[tuple[str, str], tuple[float, float, float]], unaligned: dict[str, float]) -> list[KernelFigure]:
+    return [KernelFigure(runtime=Runtime.ONNXRUNTIME, op=op, format=NumberFormat(f), efficiency=float(f"{eff:.3g}"),
+                         fixed_us=round(fixed, 1),
+                         **{"ns_per_patch_element" if op in _PATCHED else "ns_per_output": _figure(per_element)},
+                         **({"channel_multiple": _CHANNEL_MULTIPLE, "ns_per_output_unaligned": round(unaligned[f], 2)}
+                            if op == "conv" and unaligned[f] > 0 else {}))
+            for (op, f), (eff, fixed, per_element) in kernels.items()]
+
+
+def section_host(runs: int, alongside: dict[str, onnx.ModelProto]) -> tuple[HardwareProfile, dict[str, float]]:
+    """The generic profile's overheads, peaks and per-class kernel figures, from single layers timed here:
+    the profile with this run's figures in place of the YAML's, and the latencies of the ``alongside``
+    models, timed interleaved with the layers (so both see the machine in the same states)."""
+    ms = measured_ms({**host_models(), **{f"alongside {k}": m for k, m in alongside.items()}}, runs, repeats=5)
+    t = HostTimings(ms)
+    edges = fit_edges(t)
+    kernels, kernel_rows = fit_kernels(t)
+    island, island_rows = fit_island(t)
+    elementwise, elementwise_rows = fit_elementwise(t)
+    unaligned, stem_rows = fit_stems(t, kernels, edges)
+    profile = load_profile(GENERIC)
+    measured = profile.model_copy(update={
+        "memory": profile.memory.model_copy(update={"bandwidth_gbps": round(t.dram_gbps, 1), "cache_bandwidth_gbps": round(t.cache_gbps)}),
+        "throughput": profile.throughput.model_copy(update={
+            "fp32_gflops": round(t.gops("fp32")), "int8_gops": round(t.gops("int8")),
+            "call_overhead_us": round(t.call_us, 1), "op_overhead_us": round(t.per_op_us, 2),
+            "kernels": kernel_figures(kernels, unaligned), "layout_edges": edges[0], "qdq_edges": edges[1],
+            "qdq_island": island, "elementwise": elementwise,
+        }),
+    })
+    print_host_tables(profile, measured, kernel_rows, island_rows, elementwise_rows, stem_rows, unaligned)
+    print_profile_yaml(measured)
+    return measured, {k: ms[f"alongside {k}"] for k in alongside}
+
+
+def print_host_tables(committed: HardwareProfile, measured: HardwareProfile, kernel_rows: list[str], island_rows: list[str],
+                      elementwise_rows: list[str], stem_rows: list[str], unaligned: dict[str, float]) -> None:
+    was, now = committed.throughput, measured.throughput
+    figures = [
+        ("call overhead (1 tiny op, us)", now.call_overhead_us, was.call_overhead_us),
+        ("per-operator overhead (us)", now.op_overhead_us, was.op_overhead_us),
+        ("128x256x256 Gemm fp32, per layer of a stack (GFLOPS)", now.fp32_gflops, was.fp32_gflops),
+        ("128x256x256 Gemm int8 QDQ, per layer of a stack (GOPS)", now.int8_gops, was.int8_gops),
+        ("1x4096x4096 Gemm fp32, 64 MB of weights (GB/s)", measured.memory.bandwidth_gbps, committed.memory.bandwidth_gbps),
+        ("elementwise pass over 256 KB, read + write (GB/s)", measured.memory.cache_bandwidth_gbps, committed.memory.cache_bandwidth_gbps),
+    ]
+    for label, edge in (("fp32 convolution graph edges: NCHWc reorders", "layout_edges"),
+                        ("int8 QDQ graph edges on top: quantize, dequantize, layout Transposes", "qdq_edges")):
+        new, old = getattr(now, edge), getattr(was, edge)
+        figures += [(f"{label}, per call (us)", new.fixed_us, old.fixed_us if old else None),
+                    ("the same, per element of the graph's inputs and outputs (ns)", new.ns_per_element, old.ns_per_element if old else None)]
+    print("## host: the generic profile's overheads and peaks, measured here\n")
+    print("| figure | measured | generic-linux-x86_64.yaml |\n|---|---|---|")
+    print("\n".join(f"| {label} | {new} | {old} |" for label, new, old in figures) + "\n")
     print(f"## host: layers in onnxruntime, alone and in stacks of {_STACK}, and the per-class fit\n")
     print(f"| layer | format | MACs | 1 layer, us | {_STACK} layers, us | one more layer, us | fitted us | fitted / measured |"
           "\n|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print("\n".join(kernel_rows))
     print("\n## host: a BatchNormalization left in float between int8 convolutions (QDQ)\n")
     print("| conv size | BN elements (in + out) | one more (Conv, Relu, BN), us | the BN island, us |\n|---|---|---|---|")
     print("\n".join(island_rows))
@@ -469,25 +549,9 @@ def section_host(runs: int, alongside: dict[str, onnx.ModelProto]) -> tuple[Hard
     print("| input channels | stride | format | MACs | output elements | patch elements | measured us | "
           "from the conv figures, us | figures / measured |\n|---|---|---|---|---|---|---|---|---|")
     print("\n".join(stem_rows))
-    measured = profile.model_copy(update={
-        "memory": profile.memory.model_copy(update={"bandwidth_gbps": round(dram_gbps, 1), "cache_bandwidth_gbps": round(cache_gbps)}),
-        "throughput": p.model_copy(update={
-            "fp32_gflops": round(gops["fp32"]), "int8_gops": round(gops["int8"]),
-            "call_overhead_us": round(call_us, 1), "op_overhead_us": round(per_op_us, 2),
-            "kernels": [KernelFigure(runtime=Runtime.ONNXRUNTIME, op=op, format=NumberFormat(f), efficiency=float(f"{eff:.3g}"),
-                                     fixed_us=round(fixed, 1), **{"ns_per_patch_element" if op in _PATCHED else "ns_per_output":
-                                                                  _figure(per_element)},
-                                     **({"channel_multiple": _CHANNEL_MULTIPLE, "ns_per_output_unaligned": round(unaligned[f], 2)}
-                                        if op == "conv" and unaligned[f] > 0 else {}))
-                        for (op, f), (eff, fixed, per_element) in fitted.items()],
-            "layout_edges": EdgeCost(fixed_us=round(layout_fixed, 1), ns_per_element=round(layout_ns, 2)),
-            "qdq_edges": EdgeCost(fixed_us=round(qdq_edges_us, 1), ns_per_element=round(qdq_edges_ns, 2)),
-            "qdq_island": FloatIsland(fixed_us=round(island_fixed, 1), ns_per_element=round(island_ns, 2)),
-            "elementwise": [ElementwiseFigure(runtime=Runtime.ONNXRUNTIME, op=op, format=NumberFormat(f), fixed_us=round(fixed, 1),
-                                              ns_per_element=round(per_element, 2))
-                            for (op, f), (fixed, per_element) in elementwise_fitted.items()],
-        }),
-    })
+
+
+def print_profile_yaml(measured: HardwareProfile) -> None:
     m, t = measured.memory, measured.throughput
     print("\nFitted figures for generic-linux-x86_64.yaml (efficiency against the peaks above):\n")
     print(f"```yaml\nmemory:\n  bandwidth_gbps: {m.bandwidth_gbps}\n  cache_bandwidth_gbps: {m.cache_bandwidth_gbps}\nthroughput:\n"
@@ -507,7 +571,6 @@ def section_host(runs: int, alongside: dict[str, onnx.ModelProto]) -> tuple[Hard
         print(f"    - {{runtime: onnxruntime, op: {e.op}, format: {e.format.value}, fixed_us: {e.fixed_us}, "
               f"ns_per_element: {e.ns_per_element}}}")
     print("```\n")
-    return measured, {k: ms[f"alongside {k}"] for k in alongside}
 
 
 def model_set(workdir: Path) -> dict[str, onnx.ModelProto]:
