@@ -103,35 +103,35 @@ _QUANTILE = 0.1
 PROFILES = ["raspberry-pi-4", "android-flagship", "nucleo-l4r5zi", GENERIC]
 
 
-def session(model: bytes) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
-    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+def timed_runs(model: bytes, runs: int, *, warmup: int = 10, options: ort.SessionOptions | None = None) -> list[float]:
+    """Seconds of each of ``runs`` runs of ``model`` on random inputs, in a fresh session after ``warmup``
+    runs; the session is gone when this returns (idle onnxruntime threads spin, so sessions side by
+    side slow each other)."""
+    sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.random([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32) for i in sess.get_inputs()}
-    return sess, feeds
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append(time.perf_counter() - t)
+    return ts
 
 
 def measured_ms(models: dict[str, onnx.ModelProto], runs: int, repeats: int = 3) -> dict[str, float]:
     """Latency per model at the ``_QUANTILE`` of ``runs`` runs, the smallest over ``repeats``, the
     models interleaved: every repeat measures each model in turn, so a burst of load from other
     processes on this shared machine inflates one repeat of every model rather than every repeat of
-    one. Each repeat opens a fresh session: onnxruntime pins its worker thread to the second core
-    and leaves the calling thread free, and a session that started with both on one core stayed
-    1.6-1.8x slower for all its runs (a bimodal per-layer figure between host runs). Only one
-    session exists at a time (idle onnxruntime threads spin, so sessions side by side slow each other)."""
+    one. Each repeat opens a fresh session (``timed_runs``): onnxruntime pins its worker thread to
+    the second core and leaves the calling thread free, and a session that started with both on one
+    core stayed 1.6-1.8x slower for all its runs (a bimodal per-layer figure between host runs)."""
     serialized = {k: m.SerializeToString() for k, m in models.items()}
     best = dict.fromkeys(models, float("inf"))
     for _ in range(repeats):
         for k, model in serialized.items():
-            sess, feeds = session(model)
-            for _ in range(10):
-                sess.run(None, feeds)
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                sess.run(None, feeds)
-                ts.append(time.perf_counter() - t)
-            best[k] = min(best[k], float(np.quantile(ts, _QUANTILE)) * 1e3)
-            del sess
+            best[k] = min(best[k], float(np.quantile(timed_runs(model, runs), _QUANTILE)) * 1e3)
     return best
 
 
@@ -453,10 +453,10 @@ def fit_stems(t: HostTimings, kernels: dict[tuple[str, str], tuple[float, float,
     stems = stem_models()
     layout, qdq = edges
     edge_ns = {"fp32": layout.ns_per_element, "int8": layout.ns_per_element + qdq.ns_per_element}
-    base_edges = cost_model.analyse(stems[(0, 1)]).edge_elements
-    convs = {key: next(o for o in cost_model.analyse(stems[key]).ops if o.op_type == "Conv") for key in _STEMS}
+    graphs = {key: cost_model.analyse(model) for key, model in stems.items()}
+    convs = {key: next(o for o in graphs[key].ops if o.op_type == "Conv") for key in _STEMS}
     measured = {(key, f): (t.ms[f"stem {key[0]}/{key[1]} {f}"] - t.ms[f"stem 0/1 {f}"]) * 1e3 - t.per_op_us
-                - edge_ns[f] * (cost_model.analyse(stems[key]).edge_elements - base_edges) * 1e-3
+                - edge_ns[f] * (graphs[key].edge_elements - graphs[(0, 1)].edge_elements) * 1e-3
                 for key in _STEMS for f in ("fp32", "int8")}
 
     def from_figures_us(conv: cost_model.OpCost, f: str) -> float:
@@ -821,23 +821,13 @@ def interleaved_latencies(models: dict[str, bytes], *, rounds: int, runs: int, w
     session per round with the agent's session options) of ``runs`` timed runs, with its bootstrap CI."""
     options = ort.SessionOptions()
     options.inter_op_num_threads = 1
-    feeds = {"input": np.random.default_rng(0).random((1, 64)).astype(np.float32)}
     order = list(models)
     medians: dict[str, list[float]] = {k: [] for k in models}
     rng = random.Random(1)
     for _ in range(rounds):
         rng.shuffle(order)
         for k in order:
-            sess = ort.InferenceSession(models[k], options, providers=["CPUExecutionProvider"])
-            for _ in range(warmup):
-                sess.run(None, feeds)
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter_ns()
-                sess.run(None, feeds)
-                ts.append(time.perf_counter_ns() - t)
-            medians[k].append(statistics.median(ts) / 1e6)
-            del sess  # its idle threads would spin while the next one runs
+            medians[k].append(statistics.median(timed_runs(models[k], runs, warmup=warmup, options=options)) * 1e3)
     return {k: MeasuredLatency.from_rounds(v) for k, v in medians.items()}
 
 

@@ -255,10 +255,11 @@ def analyse(model: onnx.ModelProto) -> GraphCost:
         bias = node.op_type == "Add" and any(n in constants for n in node.input)
         fused = data in mac_outputs and readers[data] == 1 and (node.op_type in _FUSED_AFTER_MAC or bias)
         follows_conv = any(n in conv_outputs for n in node.input)
+        patch_elements, group_channels = _conv_inputs(node, shapes, macs)
         ops.append(OpCost(node.name, node.op_type, macs, weights, activations, dispatch=not fused,
                           op_class=_op_class(node, shapes), inputs=sum(1 for n in node.input if n), follows_conv=follows_conv,
                           output_elements=sum(_elements(shapes.get(n)) for n in node.output if n),
-                          patch_elements=_patch_elements(node, shapes, macs), group_channels=_group_channels(node, shapes)))
+                          patch_elements=patch_elements, group_channels=group_channels))
         if node.op_type == "Conv" or (fused and follows_conv):
             # A fused activation's output is still in the int8 convolution's NHWC layout.
             conv_outputs.update(node.output)
@@ -493,19 +494,15 @@ def _op_class(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> str:
     return "matvec" if _elements(out[:-1]) == 1 else "gemm"
 
 
-def _group_channels(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
-    """A Conv's input channels per group, the second dimension of its weights (0 when unknown or not a Conv)."""
+def _conv_inputs(node: onnx.NodeProto, shapes: Mapping[str, list[int]], macs: int) -> tuple[int, int]:
+    """A Conv's (input patch elements, input channels per group), from its weights' shape [out, in/group,
+    kH, kW]: the patches it gathers are its MACs over its output channels per group. (0, 0) when the
+    shape is unknown or ``node`` is not a Conv."""
     w = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-    return w[1] if w and len(w) > 1 else 0
-
-
-def _patch_elements(node: onnx.NodeProto, shapes: Mapping[str, list[int]], macs: int) -> int:
-    """Elements of the input patches a Conv gathers: its MACs over its output channels per group."""
-    w = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-    if not w or not macs:
-        return 0
+    if not w or len(w) < 2 or not macs:
+        return 0, 0
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return macs * group // w[0]
+    return macs * group // w[0], w[1]
 
 
 def _elements(shape: list[int] | None) -> int:
