@@ -141,6 +141,22 @@ def test_an_impossible_size_limit_says_by_how_much_and_best_effort_ships_the_clo
     assert result.manifest.report["best_effort"] and result.manifest.report["reason"].startswith("Best effort")
 
 
+def test_an_impossible_latency_limit_says_by_how_much_and_a_loose_one_is_met(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    kwargs = {"calibration": digits_mlp.calibration_path, "evaluation": digits_mlp.validation_path,
+              "key_path": signing_key[0], "search": SearchOptions(time_budget_s=0)}
+    with pytest.raises(NoCandidateFits) as info:
+        compile_model(digits_mlp.onnx_path, ["raspberry-pi-4"], out_dir=tmp_path / "a",
+                      budget=Budget(max_latency_ms=1e-6), **kwargs)  # type: ignore[arg-type]
+    text = " ".join(str(info.value).split())
+    assert "Fastest:" in text and "ms over --max-latency-ms" in text
+    assert "estimated latency" in text and "> --max-latency 1e-06 ms" in text
+    assert not (tmp_path / "a").exists()
+    (result,) = compile_model(digits_mlp.onnx_path, ["raspberry-pi-4"], out_dir=tmp_path / "b",
+                              budget=Budget(max_latency_ms=10.0), **kwargs)  # type: ignore[arg-type]
+    chosen = next(v for v in result.plan.verdicts if v.candidate.scheme == result.choice)
+    assert chosen.estimate is not None and chosen.estimate.latency_ms <= 10.0
+
+
 def test_labels_in_a_separate_file_add_accuracy(digits_mlp, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with np.load(digits_mlp.validation_path) as z:
         np.savez(tmp_path / "val.npz", input=z["input"])
