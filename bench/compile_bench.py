@@ -29,7 +29,7 @@ Sections, printed as Markdown tables for docs/benchmarks.md ("Compiler: choosing
 - Timing (both sections): niced, models interleaved, one session running at a time, the 10th
   percentile of each run of 200 and the smallest over several runs kept, so load from other
   processes on this shared machine inflates it least (see ``_QUANTILE``).
-- ``choose``: ``compile_model`` with the search on the digits MLP, ``--max-drop 1%``, objective
+- ``choose``: ``compile_model`` with the search on the digits MLP (or ``--choose-model digits_cnn``), ``--max-drop 1%``, objective
   latency: raspberry-pi-4, android-flagship and nucleo-l4r5zi by estimated latency (no such device
   here), generic-linux-x86_64 with ``--measure-locally`` (``LocalEvaluator``: this machine is one).
   The validation digits are split in two: one half is the ``--data`` the search chooses on, the other
@@ -678,10 +678,16 @@ def on_estimated_front(verdicts: Sequence[Verdict], chosen: Verdict) -> bool:
                    for v in runnable(verdicts) if v.estimate is not None)
 
 
-def section_choose(workdir: Path, key: Path, budget_s: float, runs: int) -> None:
+# Models section choose can run on (``--choose-model``): the digits classifiers, whose labels the
+# kept-back half checks the packages' accuracy drop with.
+_CHOOSE_MODELS = {"digits_mlp": ("digits MLP", model_zoo.digits_mlp), "digits_cnn": ("digits CNN", model_zoo.digits_cnn)}
+
+
+def section_choose(workdir: Path, key: Path, budget_s: float, runs: int, model: str = "digits_mlp") -> None:
     """The three profiles without a device here by estimate; generic-linux-x86_64 with ``--measure-locally``,
     then every candidate of it measured again, independently, to check the choice."""
-    zoo = model_zoo.digits_mlp(workdir / "mlp")
+    title, make = _CHOOSE_MODELS[model]
+    zoo = make(workdir / model)
     data, kept = split_validation(zoo, workdir)
     common: dict[str, Any] = {"calibration": zoo.calibration_path, "data": data, "out_dir": workdir / "choose",
                               "key_path": key, "name": "digits", "budget": Budget(max_drop=0.01), "objective": "latency",
@@ -694,7 +700,7 @@ def section_choose(workdir: Path, key: Path, budget_s: float, runs: int) -> None
     results += compile_model(zoo.onnx_path, [GENERIC], evaluator=local, **common)
     local_s = time.perf_counter() - start
     reference_accuracy = kept_back_accuracy_reference(zoo, kept)
-    print(f"## choose: digits MLP, --max-drop 1%, objective latency, search budget {budget_s:g} s ({estimated_s:.0f} s wall "
+    print(f"## choose: {title}, --max-drop 1%, objective latency, search budget {budget_s:g} s ({estimated_s:.0f} s wall "
           f"for {len(results) - 1} profiles by estimate; {local_s:.0f} s for {GENERIC} with --measure-locally, "
           f"{local.rounds} rounds)\n")
     print("| profile | runtime | chosen | candidates | latency the choice used | size (bytes) | accuracy drop (search half) "
@@ -708,7 +714,7 @@ def section_choose(workdir: Path, key: Path, budget_s: float, runs: int) -> None
         acc = kept_back_accuracy(r, kept)
         kept_drop = f"{100 * (reference_accuracy - acc):.2f}%" if acc is not None else "n/a (TFLM: see flash/arena)"
         if r.profile == GENERIC:
-            generic_check = remeasured_check(workdir, r, rounds=15, runs=max(50, runs // 2))
+            generic_check = remeasured_check(zoo, r, rounds=15, runs=max(50, runs // 2))
             used = MeasuredLatency(**r.manifest.report["measured_latency"]["by_scheme"][r.choice]).describe() + " measured"
             front = f"{'yes' if generic_check[0] else 'NO'} (re-measured: latency within CI, size, fidelity loss)"
         else:
@@ -736,7 +742,7 @@ def kept_back_accuracy_reference(zoo: model_zoo.ZooModel, kept: dict[str, np.nda
     return float(np.mean(outs.reshape(len(outs), -1).argmax(axis=1) == kept["labels"]))
 
 
-def remeasured_check(workdir: Path, r: CompileResult, *, rounds: int, runs: int) -> tuple[bool, str]:
+def remeasured_check(zoo: model_zoo.ZooModel, r: CompileResult, *, rounds: int, runs: int) -> tuple[bool, str]:
     """(whether the choice is on the re-measured noise-tolerant front, a table saying why).
 
     Every candidate that runs on the profile is rebuilt from the config its row records and measured
@@ -746,7 +752,7 @@ def remeasured_check(workdir: Path, r: CompileResult, *, rounds: int, runs: int)
     """
     plan = r.plan
     verdicts = runnable(plan.verdicts)
-    again = interleaved_latencies(rebuilt_models(workdir, verdicts), rounds=rounds, runs=runs)
+    again = interleaved_latencies(rebuilt_models(zoo, verdicts), rounds=rounds, runs=runs)
     at_compile = {s: MeasuredLatency(**m) for s, m in r.manifest.report["measured_latency"]["by_scheme"].items()}
     by_scheme = {v.candidate.scheme: v for v in verdicts if v.candidate.scheme in again}
     points = {s: MeasuredPoint(again[s], v.candidate.size_bytes, fidelity_loss(v.candidate.fidelity)) for s, v in by_scheme.items()}
@@ -790,14 +796,13 @@ def remeasured_check(workdir: Path, r: CompileResult, *, rounds: int, runs: int)
     return ok, "\n".join(lines)
 
 
-def rebuilt_models(workdir: Path, verdicts: Sequence[Verdict]) -> dict[str, bytes]:
+def rebuilt_models(zoo: model_zoo.ZooModel, verdicts: Sequence[Verdict]) -> dict[str, bytes]:
     """Each candidate's ONNX model, rebuilt from the config its row records (calibrated on the zoo's
     calibration samples: latency does not depend on the calibration)."""
     from edgefleet.compiler.calibration import load_dataset
     from edgefleet.compiler.onnx_model import load_model
     from edgefleet.compiler.passes import build_pass
 
-    zoo = model_zoo.digits_mlp(workdir / "mlp")
     loaded = load_model(zoo.onnx_path)
     calib = load_dataset(zoo.calibration_path, loaded.inputs)
     data = PassData(evaluation=dataclasses.replace(calib, arrays={k: v[:8] for k, v in calib.arrays.items()}), calibration=calib)
@@ -860,6 +865,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--choose-budget", type=float, default=60)
+    parser.add_argument("--choose-model", choices=sorted(_CHOOSE_MODELS), default="digits_mlp")
     parser.add_argument("--big-budget", type=float, default=150)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -876,7 +882,7 @@ def main(argv: list[str]) -> int:
     if "cost" in sections:
         section_cost(models, graphs, args.runs, host)
     if "choose" in sections:
-        section_choose(workdir, key, args.choose_budget, args.runs)
+        section_choose(workdir, key, args.choose_budget, args.runs, args.choose_model)
     if "big" in sections:
         section_big(workdir, key, args.big_budget)
     return 0
